@@ -1,0 +1,34 @@
+# Two entry points for a fresh clone: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-stamp
+DATA ?= data
+RUNS ?= runs
+
+.PHONY: setup demo test test-all benchmark clean
+
+# Set-up is idempotent: the stamp is only rebuilt when the requirements change.
+$(STAMP): pyproject.toml requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m spcl demo --data-root $(DATA) --output $(RUNS)/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m ""
+
+benchmark: $(STAMP)
+	$(PY) -m spcl demo --data-root $(DATA) --output $(RUNS)/benchmark --seeds 0 1 2 --ablations
+
+clean:
+	rm -rf $(VENV) $(RUNS) build dist src/*.egg-info
