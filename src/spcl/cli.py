@@ -1,0 +1,210 @@
+"""The ``spcl`` command line: it parses, builds a config, and calls the library.
+
+Every flag of ``spcl train`` maps to one config field: ``--optim.lr`` style names exist for all of them,
+and the everyday ones have short aliases (``--lr``, ``--source``, ``--epochs`` ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from spcl.config import MODES, leaf_fields, list_presets, load_config
+
+# Short aliases: flag -> (config field, constant value for switches or None for a value flag).
+_ALIASES: dict[str, tuple[str, Any]] = {
+    "--source": ("data.source", None),
+    "--target": ("data.target", None),
+    "--dataset": ("data.target", None),
+    "--data-root": ("data.root", None),
+    "--height": ("data.height", None),
+    "--width": ("data.width", None),
+    "--workers": ("data.workers", None),
+    "--arch": ("model.arch", None),
+    "--pretrained": ("model.pretrained", None),
+    "--no-pretrained": ("model.pretrained", "none"),
+    "--features": ("model.features", None),
+    "--images-per-bn": ("model.images_per_bn", None),
+    "--no-dsbn": ("model.dsbn", False),
+    "--eps": ("pseudo.eps", None),
+    "--no-self-paced": ("pseudo.self_paced", False),
+    "--discard-outliers": ("pseudo.discard_outliers", True),
+    "--epochs": ("optim.epochs", None),
+    "--iters": ("optim.iters", None),
+    "--lr": ("optim.lr", None),
+    "--batch-size": ("optim.batch_size", None),
+    "--eval-every": ("eval.every", None),
+    "--rerank": ("eval.rerank", True),
+    "--seed": ("seed", None),
+    "--device": ("device", None),
+    "--output": ("output", None),
+    "--no-resume": ("resume", False),
+}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help=f"a YAML file or a preset name ({', '.join(list_presets())})")
+    short = parser.add_argument_group("common settings (aliases of config fields)")
+    for flag, (key, const) in _ALIASES.items():
+        if const is None:
+            short.add_argument(flag, dest=f"cfg:{key}", default=argparse.SUPPRESS, metavar="V", help=f"sets {key}")
+        else:
+            short.add_argument(
+                flag, dest=f"cfg:{key}", action="store_const", const=const, default=argparse.SUPPRESS,
+                help=f"sets {key}={const}",
+            )
+    full = parser.add_argument_group("every config field")
+    for key, hint, default, doc in leaf_fields():
+        if key == "mode" or f"--{key}" in _ALIASES:
+            continue
+        choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None
+        full.add_argument(
+            f"--{key}", dest=f"cfg:{key}", default=argparse.SUPPRESS, metavar="V", choices=choices,
+            help=f"{doc} (default: {default})" if doc else f"(default: {default})",
+        )
+
+
+def _config_from_args(args: argparse.Namespace, mode: str | None = None) -> Any:
+    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:")}
+    if mode is not None:
+        overrides["mode"] = mode
+    return load_config(args.config, overrides)
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from spcl.data.synthetic import SynthConfig, generate
+
+    config = SynthConfig(height=args.height, width=args.width) if args.height or args.width else None
+    if config is not None and (not args.height or not args.width):
+        raise SystemExit("spcl synth: give both --height and --width")
+    paths = generate(Path(args.out), seed=args.seed, config=config)
+    from spcl.data import load
+
+    for name, path in paths.items():
+        print(load(path).format_statistics().replace(f"dataset {Path(path).name}", f"dataset {name}", 1))
+        sheets = sorted(Path(path).glob("*.png"))
+        if sheets:
+            print(f"  contact sheet: {sheets[0]}")
+    return 0
+
+
+def _cmd_data_info(args: argparse.Namespace) -> int:
+    from spcl.data import load
+    from spcl.data.image_dataset import verify_images
+
+    options = {}
+    if args.test_size:
+        options["test_size"] = args.test_size
+    dataset = load(args.dataset, args.data_root, **options)
+    print(dataset.format_statistics())
+    print(f"  training list fingerprint: {dataset.fingerprint()}")
+    if args.verify:
+        verify_images(dataset.train + dataset.query + dataset.gallery)
+        print("  every image decodes")
+    return 0
+
+
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    from spcl.data import registered_datasets
+
+    for name, description in registered_datasets().items():
+        print(f"{name:<14} {description}")
+    print("\npresets: " + ", ".join(list_presets()))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from spcl.training import Trainer
+
+    config = _config_from_args(args, args.mode)
+    Trainer(config).fit()
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from spcl.training.checkpoint import evaluate_checkpoint
+
+    evaluate_checkpoint(
+        args.checkpoint,
+        dataset=args.dataset,
+        data_root=args.data_root,
+        rerank=args.rerank,
+        test_source=args.test_source,
+        device=args.device,
+        output=args.output,
+    )
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from spcl.demo import run_demo
+
+    run_demo(
+        data_root=args.data_root, output=args.output, seeds=args.seeds, ablations=args.ablations,
+        device=args.device, epochs=args.epochs,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spcl", description="Self-paced contrastive learning for unsupervised and domain-adaptive re-ID."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="generate the synthetic data, train source-only and SpCL on CPU, print a table")
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--output", default="runs/demo")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--ablations", action="store_true", help="also run the paper's ablations")
+    p.add_argument("--epochs", type=int, default=None, help="override the demo's number of epochs")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("train", help="train SpCL (uda, usl) or a baseline (source-only, oracle)")
+    p.add_argument("mode", choices=MODES)
+    _add_config_flags(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset's query/gallery split")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--dataset", required=True, help="dataset name or path")
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
+    p.add_argument("--test-source", action="store_true", help="use the source-domain BatchNorms (DSBN models)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--output", default=None, help="folder for per-query results (default: next to the checkpoint)")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("synth", help="write the built-in synthetic two-domain dataset and its contact sheets")
+    p.add_argument("--out", default="data")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--height", type=int, default=0)
+    p.add_argument("--width", type=int, default=0)
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("data-info", help="print the split statistics of a dataset (name or path)")
+    p.add_argument("dataset")
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--test-size", type=int, default=0, help="VehicleID test set (800, 1600, 2400)")
+    p.add_argument("--verify", action="store_true", help="decode every image once")
+    p.set_defaults(func=_cmd_data_info)
+
+    p = sub.add_parser("datasets", help="list the dataset readers and config presets")
+    p.set_defaults(func=_cmd_datasets)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from spcl.data import DatasetError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (DatasetError, FileNotFoundError, ValueError) as exc:
+        print(f"spcl {args.command}: error: {exc}", file=sys.stderr)
+        return 2

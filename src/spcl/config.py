@@ -1,0 +1,293 @@
+"""Typed experiment configuration (SPEC section 7 defaults) with YAML presets and dotted overrides.
+
+A config is a value: the code that reads it never mutates it.  Every field can be set from YAML, from the
+command line (``--optim.lr 0.00035`` or a short alias such as ``--lr``), or from Python with
+``replace``-style overrides; the effective config is written next to every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+MODES = ("uda", "usl", "source-only", "oracle")
+Mode = Literal["uda", "usl", "source-only", "oracle"]
+
+PRESET_DIR = Path(__file__).parent / "configs"
+_LARGE_TARGETS = ("msmt17", "veri", "vehicleid", "vehiclex")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str | None = None
+    """Labelled source dataset (name or path); required for uda and source-only."""
+    target: str = "synth-target"
+    """Unlabelled target dataset (name or path): trained on without labels, and evaluated on."""
+    root: str = "data"
+    """Folder that holds the datasets (and where the synthetic domains are generated)."""
+    height: int = 256
+    width: int = 128
+    workers: int = 4
+    num_instances: int = 4
+    """Images per identity in a batch (the anchor plus three from other cameras)."""
+    vehicleid_test_size: int = 800
+    synth_seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "resnet50"
+    pretrained: str = "imagenet"
+    """'imagenet' (torchvision cache, no download), 'none', or a path to a state dict."""
+    features: int = 0
+    """Optional linear embedding size; 0 keeps the backbone width (2048 for ResNet-50)."""
+    pooling: Literal["avg", "gem"] = "avg"
+    dropout: float = 0.0
+    dsbn: bool = True
+    """Domain-specific BatchNorm in UDA (SPEC section 5); ignored without a source."""
+    images_per_bn: int = 16
+    """Every BatchNorm normalises sub-batches of this many images (16 = the reference's 4 GPUs)."""
+    freeze_dsbn_neck_bias: bool = False
+    """The reference un-freezes the neck bias when converting to DSBN; True keeps it frozen."""
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    temp: float = 0.05
+    momentum: float = 0.2
+    source_update: Literal["sample", "mean"] = "sample"
+    """'sample': each sample pulls its class centroid in turn (reference); 'mean': once per class (paper)."""
+
+
+@dataclass(frozen=True)
+class PseudoLabelConfig:
+    eps: float = 0.6
+    eps_gap: float = 0.02
+    k1: int = 30
+    k2: int = 6
+    min_samples: int = 4
+    self_paced: bool = True
+    """The cluster reliability criterion; False keeps every DBSCAN cluster as it is (ablation)."""
+    discard_outliers: bool = False
+    """Drop un-clustered samples from training, as classic pseudo-label methods do (ablation)."""
+    knn_backend: Literal["torch", "faiss"] = "torch"
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 3.5e-4
+    weight_decay: float = 5e-4
+    epochs: int = 50
+    iters: int = 0
+    """Iterations an epoch; 0 = the reference rule (800 when the target is MSMT17 or a vehicle set, else 400)."""
+    step_size: int = 20
+    gamma: float = 0.1
+    batch_size: int = 64
+    """Images per domain in a batch (64 source + 64 target in UDA)."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every: int = 10
+    rerank: bool = False
+    batch_size: int = 128
+
+
+@dataclass(frozen=True)
+class Config:
+    mode: Mode = "uda"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 1
+    device: str = "auto"
+    output: str = "runs/spcl"
+    resume: bool = True
+    """Continue from <output>/last.pth when it exists and matches this config's data."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode in ("uda", "source-only") and not self.data.source:
+            raise ValueError(f"mode {self.mode!r} needs a labelled source dataset (data.source / --source)")
+        if self.optim.batch_size % self.data.num_instances:
+            raise ValueError(
+                f"optim.batch_size ({self.optim.batch_size}) must be a multiple of "
+                f"data.num_instances ({self.data.num_instances})"
+            )
+
+    @property
+    def uses_source(self) -> bool:
+        return self.mode in ("uda", "source-only")
+
+    @property
+    def iters_per_epoch(self) -> int:
+        if self.optim.iters > 0:
+            return self.optim.iters
+        target = Path(self.data.target).name.lower()
+        return 800 if any(target.startswith(t) for t in _LARGE_TARGETS) else 400
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml())
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Turn a YAML or command-line value into the field's type, with an error that names the key."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            if type(None) in args:
+                return None
+        non_none = [a for a in args if a is not type(None)]
+        return _coerce(value, non_none[0], key)
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"{key} must be one of {', '.join(map(str, args))}, got {value!r}")
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{key} must be true or false, got {value!r}")
+    if annotation in (int, float, str):
+        try:
+            if annotation is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return annotation(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} must be {annotation.__name__}, got {value!r}") from None
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = _field_types(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(
+            f"unknown config key(s) {', '.join(prefix + k for k in sorted(unknown))}; "
+            f"known: {', '.join(prefix + n for n in sorted(names))}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ValueError(f"{prefix}{name} must be a mapping")
+            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, prefix + name)
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _nest(dotted: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in dotted.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return nested
+
+
+def load_config(
+    preset: str | Path | None = None, overrides: dict[str, Any] | None = None, base: Config | None = None
+) -> Config:
+    """Defaults <- preset YAML (a path or a preset name from ``spcl/configs``) <- dotted overrides."""
+    values = base.to_dict() if base is not None else {}
+    if preset is not None:
+        values = _merge(values, read_preset(preset))
+    if overrides:
+        values = _merge(values, _nest(overrides))
+    return _build(Config, values)
+
+
+def preset_path(name: str | Path) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    candidate = PRESET_DIR / f"{name}.yaml"
+    if candidate.is_file():
+        return candidate
+    raise FileNotFoundError(
+        f"no config file {name!r} and no preset of that name; presets: {', '.join(list_presets())}"
+    )
+
+
+def read_preset(name: str | Path) -> dict[str, Any]:
+    path = preset_path(name)
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of config fields at the top level")
+    return values
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def leaf_fields(cls: type = Config, prefix: str = "") -> list[tuple[str, Any, Any, str]]:
+    """(dotted name, type, default, doc) of every settable field, for building the command line."""
+    out = []
+    hints = _field_types(cls)
+    docs = _field_docs(cls)
+    for f in fields(cls):
+        hint = hints[f.name]
+        if is_dataclass(hint):
+            out.extend(leaf_fields(hint, f"{prefix}{f.name}."))
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else None
+            out.append((prefix + f.name, hint, default, docs.get(f.name, "")))
+    return out
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings (the string literal under a field) become the command line's help text."""
+    import ast
+    import inspect
+
+    try:
+        tree = ast.parse(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    docs: dict[str, str] = {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
+                docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs

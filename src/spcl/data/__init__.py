@@ -1,0 +1,71 @@
+"""Data: dataset readers, the built-in synthetic domains, the sampler and the transforms (SPEC sections 7, 9).
+
+``spcl.data.load("market1501", root)`` reads a dataset by name; ``spcl.data.load(path)`` detects the
+layout of a folder or a CSV manifest.  New readers plug in with ``register_dataset``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from spcl.data import datasets as _datasets  # noqa: F401  (registers the built-in readers)
+from spcl.data.base import (
+    Dataset,
+    DatasetError,
+    Item,
+    detect_layouts,
+    get_reader,
+    register_dataset,
+    registered_datasets,
+    relabel_train,
+)
+from spcl.data.image_dataset import ImageDataset, read_image
+
+__all__ = [
+    "Dataset",
+    "DatasetError",
+    "ImageDataset",
+    "Item",
+    "load",
+    "read_image",
+    "register_dataset",
+    "registered_datasets",
+    "relabel_train",
+]
+
+_DETECT_ORDER = ("veri", "folder", "market-style")
+
+
+def load(name_or_path: str | Path, root: str | Path | None = None, **options) -> Dataset:
+    """Read a dataset by registered name (from ``root``, default ``data``) or by path.
+
+    A path may be a CSV manifest, an image-folder layout, a Market-1501-style folder, or a folder in one
+    of the registered layouts.  ``options`` go to the reader (e.g. ``test_size`` and ``draw`` for vehicleid).
+    """
+    key = str(name_or_path)
+    entry = get_reader(key)
+    if entry is not None:
+        data_root = Path(root) if root is not None else Path("data")
+        return entry.reader(data_root.expanduser(), **options)
+    path = Path(key).expanduser()
+    if root is not None and not path.is_absolute() and not path.exists():
+        path = Path(root) / path
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return get_reader("manifest").reader(path, **options)  # type: ignore[union-attr]
+    if path.is_dir():
+        if (path / "manifest.csv").is_file():
+            return get_reader("manifest").reader(path / "manifest.csv", **options)  # type: ignore[union-attr]
+        found = detect_layouts(path)
+        for name in _DETECT_ORDER + tuple(sorted(found)):
+            if name in found:
+                return get_reader(name).reader(path, **options)  # type: ignore[union-attr]
+        raise DatasetError(
+            f"{path}: could not recognise the layout. Expected one of: a manifest.csv "
+            "(columns path,split,pid[,camid]); folders train/, query/, gallery/ with one sub-folder per "
+            "identity; the Market-1501 layout bounding_box_train/, query/, bounding_box_test/; or a dataset "
+            f"name ({', '.join(registered_datasets())}) with --data-root pointing at the folder that holds it."
+        )
+    raise DatasetError(
+        f"{key!r} is neither a known dataset ({', '.join(registered_datasets())}) nor an existing "
+        "folder or CSV manifest"
+    )

@@ -1,0 +1,151 @@
+"""The dataset record every reader returns, and the registry that maps names to readers (SPEC section 9).
+
+A dataset is three lists of ``(path, pid, camid)``.  The training list is sorted by path and its
+identities relabelled to 0..n-1, so memory slots, pseudo labels and checkpoints refer to the same
+images on every run and every machine; query and gallery keep their original identities.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+Item = tuple[str, int, int]
+"""One image: (absolute path, identity, camera).  Unlabelled training images have identity -1."""
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+class DatasetError(ValueError):
+    """A dataset could not be read as the layout it claims to be; the message says what was expected."""
+
+
+@dataclass
+class Dataset:
+    """Train / query / gallery lists of one dataset, ready for training and evaluation."""
+
+    name: str
+    root: str
+    train: list[Item]
+    query: list[Item] = field(default_factory=list)
+    gallery: list[Item] = field(default_factory=list)
+    has_cameras: bool = True
+
+    @property
+    def num_train_pids(self) -> int:
+        """Number of labelled training identities (unlabelled images, pid -1, are not counted)."""
+        return len({pid for _, pid, _ in self.train if pid >= 0})
+
+    @property
+    def num_train_cams(self) -> int:
+        return len({cam for _, _, cam in self.train})
+
+    def fingerprint(self) -> str:
+        """A short hash of the training list, so a checkpoint can tell whether it matches the data."""
+        digest = hashlib.sha256()
+        root = Path(self.root)
+        for path, pid, cam in self.train:
+            try:
+                rel = str(Path(path).relative_to(root))
+            except ValueError:
+                rel = path
+            digest.update(f"{rel}\t{pid}\t{cam}\n".encode())
+        return digest.hexdigest()[:16]
+
+    def statistics(self) -> dict[str, dict[str, int]]:
+        """Images, identities and cameras per split, as printed by ``spcl data-info``."""
+        stats = {}
+        for split in ("train", "query", "gallery"):
+            items = getattr(self, split)
+            stats[split] = {
+                "images": len(items),
+                "ids": len({pid for _, pid, _ in items if pid >= 0}),
+                "unlabelled": sum(1 for _, pid, _ in items if pid < 0),
+                "cameras": len({cam for _, _, cam in items}) if self.has_cameras else 0,
+            }
+        return stats
+
+    def format_statistics(self) -> str:
+        stats = self.statistics()
+        lines = [
+            f"dataset {self.name} ({self.root})",
+            "  split   | images  | ids    | cameras",
+            "  --------+---------+--------+--------",
+        ]
+        for split, s in stats.items():
+            cams = str(s["cameras"]) if self.has_cameras else "none"
+            extra = f"  (+{s['unlabelled']} unlabelled)" if s["unlabelled"] else ""
+            lines.append(f"  {split:<7} | {s['images']:>7} | {s['ids']:>6} | {cams:>7}{extra}")
+        if not self.has_cameras:
+            lines.append("  no camera information: every image counts as its own camera in evaluation")
+        return "\n".join(lines)
+
+
+def relabel_train(items: Iterable[Item]) -> list[Item]:
+    """Sort by path and map the labelled identities to 0..n-1 in ascending order of the original id."""
+    items = sorted(items, key=lambda it: it[0])
+    pids = sorted({pid for _, pid, _ in items if pid >= 0})
+    mapping = {pid: i for i, pid in enumerate(pids)}
+    return [(path, mapping[pid] if pid >= 0 else -1, cam) for path, pid, cam in items]
+
+
+Reader = Callable[..., Dataset]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    reader: Reader
+    detect: Callable[[Path], bool] | None
+    description: str
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register_dataset(
+    name: str, detect: Callable[[Path], bool] | None = None, description: str = ""
+) -> Callable[[Reader], Reader]:
+    """Register ``reader(root: Path, **options) -> Dataset`` under ``name``.
+
+    ``detect(folder)`` says whether a folder holds this layout, so ``load(path)`` can find the reader
+    without being told.  Registering a name twice is an error, to keep readers from shadowing each other.
+    """
+
+    def wrap(reader: Reader) -> Reader:
+        key = name.lower()
+        if key in _REGISTRY:
+            raise ValueError(f"a dataset reader named {name!r} is already registered")
+        _REGISTRY[key] = _Entry(reader, detect, description or (reader.__doc__ or "").strip().split("\n")[0])
+        return reader
+
+    return wrap
+
+
+def registered_datasets() -> dict[str, str]:
+    """Names of the known datasets and a one-line description of each."""
+    return {name: entry.description for name, entry in sorted(_REGISTRY.items())}
+
+
+def get_reader(name: str) -> _Entry | None:
+    return _REGISTRY.get(name.lower())
+
+
+def detect_layouts(folder: Path) -> list[str]:
+    return [name for name, entry in _REGISTRY.items() if entry.detect is not None and entry.detect(folder)]
+
+
+def list_images(folder: Path) -> list[Path]:
+    """All image files under ``folder`` (recursively), sorted; other files (e.g. Thumbs.db) are ignored."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def require_dirs(base: Path, names: Sequence[str], layout: str) -> None:
+    """Fail with the full expected layout when a folder is missing, instead of an empty dataset."""
+    missing = [n for n in names if not (base / n).is_dir()]
+    if missing:
+        raise DatasetError(
+            f"{layout}: expected folders {', '.join(names)} under {base}, "
+            f"but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing"
+        )

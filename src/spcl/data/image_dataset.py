@@ -1,0 +1,44 @@
+"""A torch ``Dataset`` over ``(path, pid, camid)`` items that names the file when an image cannot be read."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from PIL import Image
+from torch.utils.data import Dataset as TorchDataset
+
+from spcl.data.base import DatasetError, Item
+
+
+def read_image(path: str) -> Image.Image:
+    """Open an image as RGB; a corrupt or missing file raises an error with its path."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read image {path}: {exc}") from exc
+
+
+class ImageDataset(TorchDataset):
+    """Items -> ``(image tensor, pid, camid, index)``; the index is the item's position in the list,
+    which for the training list is its memory slot."""
+
+    def __init__(self, items: Sequence[Item], transform: Callable | None = None) -> None:
+        self.items = list(items)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        path, pid, camid = self.items[index]
+        image = read_image(path)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, pid, camid, index
+
+
+def verify_images(items: Sequence[Item]) -> None:
+    """Decode every image once, so a corrupt file is found before hours of training, not during them."""
+    for path, _, _ in items:
+        read_image(path)

@@ -1,0 +1,45 @@
+"""Feature extraction: one forward pass of the encoder in evaluation mode over a list of images.
+
+Used to initialise the hybrid memory (SPEC section 4) and to evaluate (section 8).  The model must
+already be in the BN domain that fits the images (``spcl.models.use_domain``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from spcl.data import ImageDataset, Item
+
+
+@torch.no_grad()
+def extract_features(
+    model: nn.Module,
+    items: Sequence[Item],
+    transform: Callable,
+    device: torch.device | str = "cpu",
+    batch_size: int = 128,
+    workers: int = 0,
+    desc: str = "features",
+    progress: bool = True,
+) -> torch.Tensor:
+    """Features of ``items`` in list order, as a float32 CPU tensor (N x d)."""
+    loader = DataLoader(
+        ImageDataset(items, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
+        pin_memory=torch.device(device).type == "cuda",
+    )
+    was_training = model.training
+    model.eval()
+    chunks = []
+    try:
+        for images, _, _, _ in tqdm(loader, desc=desc, leave=False, disable=not progress):
+            chunks.append(model(images.to(device, non_blocking=True)).float().cpu())
+    finally:
+        model.train(was_training)
+    if not chunks:
+        raise ValueError(f"{desc}: no images to extract features from")
+    return torch.cat(chunks)

@@ -1,0 +1,65 @@
+"""Config: defaults are the reference's, presets load, overrides are typed, bad keys are named."""
+
+from __future__ import annotations
+
+import pytest
+
+from spcl.cli import _ALIASES, build_parser, _config_from_args
+from spcl.config import Config, leaf_fields, list_presets, load_config
+
+
+def test_defaults_are_the_reference_hyper_parameters() -> None:
+    c = Config(mode="usl")
+    assert (c.optim.lr, c.optim.weight_decay, c.optim.epochs, c.optim.step_size) == (3.5e-4, 5e-4, 50, 20)
+    assert (c.memory.temp, c.memory.momentum) == (0.05, 0.2)
+    assert (c.pseudo.eps, c.pseudo.eps_gap, c.pseudo.k1, c.pseudo.k2, c.pseudo.min_samples) == (0.6, 0.02, 30, 6, 4)
+    assert (c.optim.batch_size, c.data.num_instances, c.model.images_per_bn) == (64, 4, 16)
+
+
+@pytest.mark.parametrize("preset", list_presets())
+def test_every_preset_loads(preset: str) -> None:
+    c = load_config(preset)
+    assert c.mode in ("uda", "usl")
+    assert (c.mode == "uda") == (c.data.source is not None)
+
+
+def test_iterations_follow_the_target() -> None:
+    assert load_config("uda_market1501_msmt17").iters_per_epoch == 800
+    assert load_config("usl_veri").iters_per_epoch == 800
+    assert load_config("uda_personx_market1501").iters_per_epoch == 400
+    assert load_config("uda_personx_market1501", {"optim.iters": 7}).iters_per_epoch == 7
+
+
+def test_overrides_are_coerced_and_checked() -> None:
+    c = load_config("usl_market1501", {"optim.lr": "1e-4", "model.dsbn": "false", "optim.epochs": "3"})
+    assert c.optim.lr == 1e-4 and c.model.dsbn is False and c.optim.epochs == 3
+    with pytest.raises(ValueError, match="optim.lrr"):
+        load_config(overrides={"optim.lrr": 1})
+    with pytest.raises(ValueError, match="optim.epochs must be int"):
+        load_config(overrides={"optim.epochs": "many"})
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        load_config(overrides={"model.pooling": "max"})
+    with pytest.raises(ValueError, match="needs a labelled source"):
+        load_config(overrides={"mode": "uda"})
+
+
+def test_yaml_round_trip(tmp_path) -> None:
+    c = load_config("uda_personx_market1501", {"seed": 5})
+    path = tmp_path / "config.yaml"
+    c.save(path)
+    assert load_config(path) == c
+
+
+def test_every_field_has_a_flag_and_aliases_map_to_fields() -> None:
+    parser = build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]  # type: ignore[union-attr]
+    flags = {s for a in train._actions for s in a.option_strings}
+    fields = {name for name, *_ in leaf_fields()} - {"mode"}
+    for name in fields:
+        assert f"--{name}" in flags, name
+    for flag, (key, _) in _ALIASES.items():
+        assert key in fields, flag
+    args = parser.parse_args(["train", "uda", "--source", "personx", "--target", "market1501", "--lr", "0.001",
+                              "--no-dsbn", "--pseudo.k1", "20"])
+    c = _config_from_args(args, args.mode)
+    assert (c.data.source, c.data.target, c.optim.lr, c.model.dsbn, c.pseudo.k1) == ("personx", "market1501", 0.001, False, 20)
