@@ -36,6 +36,11 @@ class DataConfig:
     workers: int = 4
     num_instances: int = 4
     """Images per identity in a batch (the anchor plus three from other cameras)."""
+    padding: int = 10
+    """Pixels of padding before the random crop (10 at 256x128; scale it down for small images)."""
+    flip_p: float = 0.5
+    erasing_p: float = 0.5
+    """Probability of random erasing (SPEC section 7)."""
     vehicleid_test_size: int = 800
     synth_seed: int = 0
 

@@ -161,7 +161,9 @@ class Trainer:
         self.optimizer = torch.optim.Adam(params, lr=c.optim.lr, weight_decay=c.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, c.optim.step_size, c.optim.gamma)
 
-        self.train_transform = build_train_transform(c.data.height, c.data.width)
+        self.train_transform = build_train_transform(
+            c.data.height, c.data.width, flip_p=c.data.flip_p, padding=c.data.padding, erasing_p=c.data.erasing_p
+        )
         self.test_transform = build_test_transform(c.data.height, c.data.width)
         self.epoch = 0
         self.alpha: float | None = None
@@ -222,8 +224,8 @@ class Trainer:
         else:
             result = generate(
                 self.memory.target_features, eps=c.pseudo.eps, eps_gap=c.pseudo.eps_gap, k1=c.pseudo.k1, k2=c.pseudo.k2,
-                min_samples=c.pseudo.min_samples, alpha=self.alpha if c.pseudo.self_paced else None,
-                self_paced=c.pseudo.self_paced, device=self.device, knn_backend=c.pseudo.knn_backend,
+                min_samples=c.pseudo.min_samples, alpha=self.alpha,
+                device=self.device, knn_backend=c.pseudo.knn_backend,
             )
             if c.pseudo.self_paced and self.alpha is None and result.alpha is not None:
                 self.alpha = float(result.alpha)  # fixed at the first epoch that has a real cluster
@@ -330,11 +332,15 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------
     # checkpoints
 
+    def _describe(self) -> dict[str, Any]:
+        c = self.config
+        return model_description(c.model, self.model.out_features, num_bn_domains(self.model), c.data.height, c.data.width)
+
     def state(self) -> dict[str, Any]:
         c = self.config
         return {
             "format_version": FORMAT_VERSION,
-            "model": model_description(c.model, self.model.out_features, num_bn_domains(self.model), c.data.height, c.data.width),
+            "model": self._describe(),
             "config": c.to_dict(),
             "fingerprints": self._fingerprints(),
             "epoch": self.epoch,
@@ -350,6 +356,12 @@ class Trainer:
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
+        if state["config"]["mode"] != self.config.mode or state["model"] != self._describe():
+            raise CheckpointError(
+                f"the checkpoint in {self.output} is a {state['config']['mode']} run of {state['model']['arch']} "
+                f"({state['model']['bn_domains']} BN domains); this run is {self.config.mode} of "
+                f"{self.config.model.arch}. Use another --output or --no-resume."
+            )
         if state["fingerprints"] != self._fingerprints():
             raise CheckpointError(
                 "the checkpoint was trained on other training lists (fingerprints differ): its memory "
