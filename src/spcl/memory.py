@@ -1,0 +1,287 @@
+"""The hybrid memory and the unified contrastive loss (SPEC section 3).
+
+One ``HybridMemory`` holds a unit feature per *slot* and a class label per slot:
+
+- slots ``0 .. S-1``: the ``S = num_source_classes`` source class centroids ``w_k`` (label = k);
+- slots ``S .. S+N-1``: the target instance features ``v_i`` (target sample i -> slot ``S + i``,
+  label = ``S + pseudo label``, or -1 for a slot that belongs to no class).
+
+A class prototype is the mean of its member slots (a source class or an outlier has one member,
+itself; a target cluster's prototype is the un-normalised mean of its members' features, so
+``<f, c_k>`` is the mean of the similarities, as the reference computes it). The loss is a
+softmax over every class with at least one member, ``-log(p_target + 1e-6)``; in UDA the mean over
+the source samples plus the mean over the target samples. The memory gets no gradient; the
+trainer calls ``update`` (momentum + re-normalisation) after the optimizer step.
+
+The memory is the single owner of the sample -> slot mapping (``source_slots``, ``target_slots``,
+``set_pseudo_labels``): callers never add ``num_source_classes`` by hand.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["HybridMemory"]
+
+ArrayLike = torch.Tensor | np.ndarray | list[int]
+
+
+class HybridMemory(nn.Module):
+    """Source class centroids + target instance features, with the unified contrastive loss.
+
+    Args:
+        num_features: feature dimension d.
+        num_slots: ``num_source_classes`` + number of target training images.
+        temp: softmax temperature tau (0.05).
+        momentum: momentum m of the update ``w = m*w + (1-m)*f`` (0.2).
+        num_source_classes: number of source classes (0 for USL / source-free).
+        source_update: ``"sample"`` (reference, default): every source sample of a batch pulls its
+            class centroid in turn, in batch order; ``"mean"`` (paper wording): each source class of
+            the batch is pulled once by the mean of its batch features.
+        eps: the epsilon in ``log(p + eps)`` (reference: 1e-6).
+
+    Buffers (saved by ``state_dict``): ``features`` (num_slots x d, float32), ``labels``
+    (num_slots, int64). Before any pseudo labels every slot is its own class.
+    """
+
+    features: torch.Tensor
+    labels: torch.Tensor
+
+    def __init__(
+        self,
+        num_features: int,
+        num_slots: int,
+        temp: float = 0.05,
+        momentum: float = 0.2,
+        *,
+        num_source_classes: int = 0,
+        source_update: str = "sample",
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        if not 0 <= num_source_classes <= num_slots:
+            raise ValueError(
+                f"need 0 <= num_source_classes <= num_slots, got {num_source_classes}, {num_slots}"
+            )
+        if source_update not in ("sample", "mean"):
+            raise ValueError(f"source_update must be 'sample' or 'mean', got {source_update!r}")
+        if temp <= 0 or not 0.0 <= momentum < 1.0:
+            raise ValueError(f"need temp > 0 and 0 <= momentum < 1, got {temp}, {momentum}")
+        self.num_features = num_features
+        self.num_source_classes = num_source_classes
+        self.temp = temp
+        self.momentum = momentum
+        self.source_update = source_update
+        self.eps = eps
+        self.register_buffer("features", torch.zeros(num_slots, num_features))
+        self.register_buffer("labels", torch.arange(num_slots))
+
+    # ---------------------------------------------------------------------------------- layout
+    @property
+    def num_slots(self) -> int:
+        return self.features.shape[0]
+
+    @property
+    def num_target(self) -> int:
+        """Number of target instance slots."""
+        return self.num_slots - self.num_source_classes
+
+    @property
+    def source_features(self) -> torch.Tensor:
+        """The source class centroids (a view: num_source_classes x d)."""
+        return self.features[: self.num_source_classes]
+
+    @property
+    def target_features(self) -> torch.Tensor:
+        """The target instance features, in target-sample order (a view: num_target x d); the
+        input of the pseudo-labelling step."""
+        return self.features[self.num_source_classes :]
+
+    @property
+    def target_labels(self) -> torch.Tensor:
+        """Target pseudo labels as given to ``set_pseudo_labels`` (-1: no class)."""
+        labels = self.labels[self.num_source_classes :]
+        return torch.where(labels >= 0, labels - self.num_source_classes, labels)
+
+    def source_slots(self, class_ids: ArrayLike) -> torch.Tensor:
+        """Memory slots of source samples with these class ids."""
+        return torch.as_tensor(class_ids, dtype=torch.long, device=self.labels.device)
+
+    def target_slots(self, target_indices: ArrayLike) -> torch.Tensor:
+        """Memory slots of target samples with these indices in the sorted target training list."""
+        index = torch.as_tensor(target_indices, dtype=torch.long, device=self.labels.device)
+        return index + self.num_source_classes
+
+    # ------------------------------------------------------------------------------- contents
+    @torch.no_grad()
+    def init_features(self, features: torch.Tensor) -> None:
+        """Set every slot (num_slots x d), L2-normalised."""
+        self._check_rows(features, self.num_slots, "init_features")
+        self.features.copy_(F.normalize(features.to(self.features), dim=1))
+
+    @torch.no_grad()
+    def init_source(self, features: torch.Tensor, class_ids: ArrayLike) -> None:
+        """Set the source centroids from the features of all source training images and their
+        class ids: per-class mean, L2-normalised (SPEC section 4). Every class needs an image."""
+        s = self.num_source_classes
+        class_ids = self.source_slots(class_ids)
+        self._check_rows(features, class_ids.shape[0], "init_source")
+        if class_ids.numel() and (class_ids.min() < 0 or class_ids.max() >= s):
+            raise ValueError(f"source class ids must lie in [0, {s})")
+        counts = torch.bincount(class_ids, minlength=s)
+        if (counts == 0).any():
+            missing = torch.nonzero(counts == 0).flatten()[:5].tolist()
+            raise ValueError(f"source classes without any image, e.g. {missing}")
+        sums = self.features.new_zeros(s, self.num_features)
+        sums.index_add_(0, class_ids, features.to(self.features))
+        self.features[:s] = F.normalize(sums / counts[:, None], dim=1)
+
+    @torch.no_grad()
+    def init_target(self, features: torch.Tensor) -> None:
+        """Set the target instance slots (num_target x d, sorted training-list order),
+        L2-normalised."""
+        self._check_rows(features, self.num_target, "init_target")
+        self.features[self.num_source_classes :] = F.normalize(features.to(self.features), dim=1)
+
+    @torch.no_grad()
+    def set_labels(self, labels: ArrayLike) -> None:
+        """Set the whole slot -> class table (num_slots; -1 = the slot belongs to no class)."""
+        labels = torch.as_tensor(labels, dtype=torch.long, device=self.labels.device)
+        if labels.shape != self.labels.shape:
+            raise ValueError(
+                f"labels must have shape {tuple(self.labels.shape)}, got {tuple(labels.shape)}"
+            )
+        if (labels < -1).any():
+            raise ValueError("labels must be >= -1 (-1: slot belongs to no class)")
+        self.labels.copy_(labels)
+
+    @torch.no_grad()
+    def set_pseudo_labels(self, pseudo_labels: ArrayLike) -> None:
+        """Set the target classes from pseudo labels (one per target image, classes from 0: the
+        clusters, then one per un-clustered instance, as ``spcl.pseudo_labels.generate`` returns
+        them). They are placed after the source classes. -1 takes a slot out of every class (the
+        discard-outliers ablation); such samples must not be trained on."""
+        s = self.num_source_classes
+        pseudo = torch.as_tensor(pseudo_labels, dtype=torch.long, device=self.labels.device)
+        if pseudo.shape != (self.num_target,):
+            raise ValueError(
+                f"expected {self.num_target} target pseudo labels, got shape {tuple(pseudo.shape)}"
+            )
+        target = torch.where(pseudo >= 0, pseudo + s, -1)
+        labels = torch.cat([torch.arange(s, device=pseudo.device), target])
+        self.set_labels(labels)
+
+    # ------------------------------------------------------------------------------------ loss
+    def prototypes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class prototypes (num_classes x d: the un-normalised mean of each class's member slots)
+        and the mask of classes with at least one member."""
+        labels = self.labels
+        num_classes = int(labels.max()) + 1
+        if num_classes <= 0:
+            raise ValueError("no memory slot belongs to a class (all labels are -1)")
+        rows = torch.where(labels >= 0, labels, num_classes)  # row num_classes collects the -1s
+        sums = self.features.new_zeros(num_classes + 1, self.num_features)
+        sums.index_add_(0, rows, self.features)
+        counts = torch.bincount(rows, minlength=num_classes + 1)[:num_classes]
+        return sums[:num_classes] / counts.clamp(min=1)[:, None].to(sums), counts > 0
+
+    def loss(self, features: torch.Tensor, indexes: torch.Tensor) -> torch.Tensor:
+        """Unified contrastive loss of L2-normalised ``features`` (B x d) whose memory slots are
+        ``indexes`` (B): mean over the source samples (slot < num_source_classes) plus mean over
+        the target samples, each term only when present. Gradient flows to ``features`` only."""
+        source, target = self.loss_terms(features, indexes)
+        return source + target
+
+    def loss_terms(
+        self, features: torch.Tensor, indexes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two terms of ``loss`` (for logging): the mean over the source samples and the mean
+        over the target samples of ``-log(p + eps)``, each 0 when the batch has no such sample."""
+        self._check_rows(features, indexes.shape[0], "loss")
+        indexes = indexes.to(self.labels.device)
+        targets = self.labels[indexes]
+        if (targets < 0).any():
+            raise ValueError("loss() got samples whose memory slot belongs to no class (label -1)")
+        prototypes, nonempty = self.prototypes()
+        logits = features.to(self.features.dtype) @ prototypes.T / self.temp
+        logits = logits.masked_fill(~nonempty, float("-inf"))
+        log_p = logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1)
+        nll = -torch.log(torch.exp(log_p) + self.eps)
+        is_source = indexes < self.num_source_classes
+        source = (nll * is_source).sum() / is_source.sum().clamp(min=1)
+        target = (nll * ~is_source).sum() / (~is_source).sum().clamp(min=1)
+        return source, target
+
+    # ---------------------------------------------------------------------------------- update
+    @torch.no_grad()
+    def update(self, features: torch.Tensor, indexes: torch.Tensor) -> None:
+        """Momentum update after the optimizer step: each sample, in batch order, pulls its slot
+        ``w = m*w + (1-m)*f`` and re-normalises it. A slot repeated in the batch is pulled once
+        per occurrence, each pull starting from the previous result (vectorised by occurrence
+        rank: all first occurrences, then all second ones, ...). With ``source_update="mean"``
+        each source class of the batch is pulled once by the mean of its batch features."""
+        self._check_rows(features, indexes.shape[0], "update")
+        features = features.detach().to(self.features)
+        indexes = indexes.to(self.labels.device)
+        if self.source_update == "mean":
+            features, indexes = self._merge_source(features, indexes)
+        rank = _occurrence_rank(indexes)
+        m = self.momentum
+        for r in range(int(rank.max()) + 1 if rank.numel() else 0):
+            chosen = rank == r
+            slots = indexes[chosen]
+            pulled = m * self.features[slots] + (1.0 - m) * features[chosen]
+            self.features[slots] = F.normalize(pulled, dim=1)
+
+    def _merge_source(
+        self, features: torch.Tensor, indexes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Replace the source samples by one row per source class: its batch features' mean."""
+        source = indexes < self.num_source_classes
+        slots, inverse = torch.unique(indexes[source], return_inverse=True)
+        sums = features.new_zeros(slots.shape[0], features.shape[1])
+        sums.index_add_(0, inverse, features[source])
+        counts = torch.bincount(inverse, minlength=slots.shape[0])
+        means = sums / counts[:, None].to(sums)
+        return torch.cat([means, features[~source]]), torch.cat([slots, indexes[~source]])
+
+    # ------------------------------------------------------------------------------ plumbing
+    def _check_rows(self, features: torch.Tensor, rows: int, where: str) -> None:
+        if features.dim() != 2 or features.shape != (rows, self.num_features):
+            raise ValueError(
+                f"{where}: expected features of shape ({rows}, {self.num_features}), "
+                f"got {tuple(features.shape)}"
+            )
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"num_source_classes": self.num_source_classes}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        if state["num_source_classes"] != self.num_source_classes:
+            raise ValueError(
+                f"memory state has {state['num_source_classes']} source classes, this memory "
+                f"{self.num_source_classes}: the checkpoint was made with other training data"
+            )
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_features={self.num_features}, num_slots={self.num_slots}, "
+            f"num_source_classes={self.num_source_classes}, temp={self.temp}, "
+            f"momentum={self.momentum}, source_update={self.source_update!r}"
+        )
+
+
+def _occurrence_rank(indexes: torch.Tensor) -> torch.Tensor:
+    """For each position, how many earlier positions hold the same value (0 for a first
+    occurrence), without a Python loop over the batch."""
+    order = torch.argsort(indexes, stable=True)
+    _, counts = torch.unique_consecutive(indexes[order], return_counts=True)
+    starts = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(indexes.shape[0], device=indexes.device) - starts
+    return rank

@@ -1,0 +1,117 @@
+"""The re-ID encoder (SPEC section 4).
+
+backbone (last stride 1) -> global average pooling (GeM as an option) -> optional linear embedding
+-> BatchNorm1d neck with its bias frozen at 0 -> L2 normalisation. The output is unit-norm in
+training *and* in evaluation, because the hybrid memory, its temperature and its momentum update
+all assume unit vectors.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spcl.models.backbones import Pretrained, build_backbone
+
+__all__ = ["Encoder", "GeM", "build_encoder"]
+
+
+class GeM(nn.Module):
+    """Generalised-mean pooling (Radenovic et al.): ``mean(x^p)^(1/p)`` per channel, p learnable.
+    p = 1 is average pooling, p -> inf max pooling."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(min=self.eps).pow(self.p).mean(dim=(-2, -1)).pow(1.0 / self.p)
+
+
+class _AvgPool(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(-2, -1))
+
+
+_POOLING = {"avg": _AvgPool, "gem": GeM}
+
+
+class Encoder(nn.Module):
+    """Images (B, 3, H, W) -> features (B, out_features).
+
+    ``norm=True`` (SpCL): L2-normalised output in training and evaluation. ``norm=False``: the
+    training output is the raw neck feature; evaluation output is always normalised (retrieval
+    uses cosine distances). ``dropout`` (default 0) applies in training after normalisation, as
+    in the reference. The neck's bias is frozen at 0 (``requires_grad=False``); note that
+    ``convert_dsbn`` makes it trainable unless asked not to (SPEC section 5's reference quirk).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        pooling: str = "avg",
+        features: int = 0,
+        dropout: float = 0.0,
+        norm: bool = True,
+        arch: str = "",
+    ) -> None:
+        super().__init__()
+        if pooling not in _POOLING:
+            raise ValueError(f"pooling must be one of {sorted(_POOLING)}, got {pooling!r}")
+        if features < 0 or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"need features >= 0 and 0 <= dropout < 1, got {features}, {dropout}")
+        self.arch = arch
+        self.backbone = backbone
+        self.pool = _POOLING[pooling]()
+        width: int = backbone.out_channels
+        self.embedding: nn.Linear | None = None
+        if features > 0:
+            self.embedding = nn.Linear(width, features)
+            nn.init.kaiming_normal_(self.embedding.weight, mode="fan_out")
+            nn.init.zeros_(self.embedding.bias)
+        self.out_features: int = features or width
+        self.neck = nn.BatchNorm1d(self.out_features)
+        nn.init.ones_(self.neck.weight)
+        nn.init.zeros_(self.neck.bias)
+        self.neck.bias.requires_grad_(False)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.backbone(x)
+        if x.dim() == 4:  # feature map; token backbones (timm ViTs) come pooled already
+            x = self.pool(x)
+        if self.embedding is not None:
+            x = self.embedding(x)
+        x = self.neck(x)
+        if self.norm or not self.training:
+            x = F.normalize(x, dim=1)
+        if self.training and self.dropout is not None:
+            x = self.dropout(x)
+        return x
+
+
+def build_encoder(
+    arch: str = "resnet50",
+    pretrained: Pretrained = True,
+    last_stride: int = 1,
+    pooling: str = "avg",
+    features: int = 0,
+    dropout: float = 0.0,
+    norm: bool = True,
+) -> Encoder:
+    """Build the SpCL encoder.
+
+    ``arch``: a registered backbone (``spcl.models.available_backbones()``: resnet18/34/50/101,
+    resnet50_ibn_a) or ``"timm:<name>"``. ``pretrained``: True = ImageNet weights from torchvision's
+    cache (an error says how to supply them when absent; nothing is downloaded), a path = that
+    state dict file, False = from scratch. ``features``: 0 keeps the backbone width (2048 for
+    ResNet-50), otherwise a linear embedding to that size. The neck and embedding are always
+    freshly initialised.
+    """
+    backbone = build_backbone(arch, pretrained, last_stride)
+    return Encoder(
+        backbone, pooling=pooling, features=features, dropout=dropout, norm=norm, arch=arch
+    )
