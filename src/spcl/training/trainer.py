@@ -224,10 +224,10 @@ class Trainer:
         else:
             result = generate(
                 self.memory.target_features, eps=c.pseudo.eps, eps_gap=c.pseudo.eps_gap, k1=c.pseudo.k1, k2=c.pseudo.k2,
-                min_samples=c.pseudo.min_samples, alpha=self.alpha,
+                min_samples=c.pseudo.min_samples, alpha=self.alpha, self_paced=c.pseudo.self_paced,
                 device=self.device, knn_backend=c.pseudo.knn_backend,
             )
-            if c.pseudo.self_paced and self.alpha is None and result.alpha is not None:
+            if result.alpha_computed:
                 self.alpha = float(result.alpha)  # fixed at the first epoch that has a real cluster
             labels = np.asarray(result.labels, dtype=np.int64)
             stats.update(num_clusters=result.num_clusters, num_outliers=result.num_outliers)

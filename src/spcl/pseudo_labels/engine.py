@@ -1,0 +1,166 @@
+"""One call per epoch: features in, self-paced pseudo labels out (SPEC section 6).
+
+``generate`` chains the stages (exact kNN, sparse k-reciprocal Jaccard distance, DBSCAN at three
+radii, reliability criterion, re-indexing) and returns a small immutable result;
+``labels_from_jaccard`` runs the last three on a distance computed elsewhere. It is a pure
+function of the features and the settings, so the same features give the same labels on
+every run. The independence threshold alpha is computed at the first call that has a
+multi-member cluster; the trainer passes it back on later epochs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from spcl.pseudo_labels.clustering import check_radii, cluster_three_radii
+from spcl.pseudo_labels.jaccard import jaccard_from_neighbors
+from spcl.pseudo_labels.neighbors import as_unit_features, search_unit
+from spcl.pseudo_labels.reliability import cluster_reliability, independence_threshold, self_paced_labels
+
+__all__ = ["PseudoLabels", "generate", "labels_from_jaccard"]
+
+
+@dataclass(frozen=True)
+class PseudoLabels:
+    """Pseudo labels of one epoch and what produced them.
+
+    ``labels`` (int64, N): clusters 0..num_clusters-1, then one class per un-clustered sample
+    (DBSCAN outliers, members dropped by the criterion, lone survivors), in sample order.
+    ``alpha`` is None only when it was not given and no cluster had more than one member
+    (SPEC section 6, the L = 0 case: nothing is clustered then, and passing ``alpha=None``
+    again on the next epoch computes it there), or when ``self_paced=False`` left it unset. ``alpha_computed`` says whether this call
+    computed it (the trainer stores it on the first such epoch).
+    """
+
+    labels: np.ndarray
+    num_clusters: int
+    num_outliers: int
+    alpha: float | None
+    alpha_computed: bool
+    dbscan_labels: np.ndarray  # raw DBSCAN labels at eps (-1 = outlier)
+    dbscan_labels_tight: np.ndarray  # at eps - eps_gap
+    dbscan_labels_loose: np.ndarray  # at eps + eps_gap
+    cluster_sizes: np.ndarray  # per DBSCAN cluster at eps: members
+    cluster_independence: np.ndarray  # best IoU with the loose clustering (kept when >= alpha)
+    cluster_compactness: np.ndarray  # best IoU with the tight clustering (the members' bar)
+    cluster_kept_members: np.ndarray  # members kept by the criterion (0: cluster rejected)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+    @property
+    def independence_threshold(self) -> float | None:
+        """The threshold in the compared representation: keep a cluster when 1 - independence <= this."""
+        return None if self.alpha is None else 1.0 - self.alpha
+
+    def summary(self) -> str:
+        """One log line: clusters, un-clustered instances, alpha, DBSCAN clusters rejected."""
+        rejected = int(((self.cluster_kept_members == 0) & (self.cluster_sizes > 1)).sum())
+        alpha = "none yet" if self.alpha is None else f"{self.alpha:.4f}"
+        return (
+            f"{self.num_clusters} clusters, {self.num_outliers} un-clustered instances, alpha {alpha}, "
+            f"{rejected} of {self.cluster_sizes.shape[0]} DBSCAN clusters rejected as unreliable"
+        )
+
+
+def _check_settings(k1: int, k2: int, min_samples: int, alpha: float | None) -> None:
+    if k1 < 1 or k2 < 1:
+        raise ValueError(f"k1 and k2 must be at least 1, got k1={k1}, k2={k2}")
+    if min_samples < 1:
+        raise ValueError(f"min_samples must be at least 1, got {min_samples}")
+    if alpha is not None and not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha is an IoU threshold in [0, 1], got {alpha}")
+
+
+def labels_from_jaccard(
+    distances: sp.spmatrix | np.ndarray,
+    eps: float = 0.6,
+    eps_gap: float = 0.02,
+    min_samples: int = 4,
+    alpha: float | None = None,
+    *,
+    self_paced: bool = True,
+) -> PseudoLabels:
+    """Steps 2 to 4 of SPEC section 6 on a Jaccard distance: sparse as ``jaccard_distance`` returns
+    it (absent pairs at distance 1), or a dense N x N array.
+
+    DBSCAN at eps - gap, eps and eps + gap, the reliability criterion with ``alpha`` (computed
+    here when None and a multi-member cluster exists), and the re-indexing. ``self_paced=False``
+    is the paper's ablation: every DBSCAN cluster is kept whole and alpha is left as given.
+    """
+    check_radii(eps, eps_gap)
+    _check_settings(1, 1, min_samples, alpha)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    labels, tight, loose = cluster_three_radii(distances, eps, eps_gap, min_samples)
+    timings["dbscan"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    reliability = cluster_reliability(labels, tight, loose)
+    threshold = None if alpha is None else 1.0 - alpha
+    alpha_computed = False
+    if threshold is None and self_paced:
+        threshold = independence_threshold(reliability.independence_distance, reliability.sizes)
+        alpha_computed = threshold is not None
+        alpha = None if threshold is None else 1.0 - threshold
+    final, kept_members, num_clusters = self_paced_labels(labels, reliability, threshold, apply_criterion=self_paced)
+    timings["reliability"] = time.perf_counter() - clock
+
+    return PseudoLabels(
+        labels=final,
+        num_clusters=num_clusters,
+        num_outliers=int(final.shape[0] - kept_members[kept_members > 1].sum()),
+        alpha=alpha,
+        alpha_computed=alpha_computed,
+        dbscan_labels=labels,
+        dbscan_labels_tight=tight,
+        dbscan_labels_loose=loose,
+        cluster_sizes=reliability.sizes,
+        cluster_independence=reliability.independence,
+        cluster_compactness=reliability.compactness,
+        cluster_kept_members=kept_members,
+        timings=timings,
+    )
+
+
+def generate(
+    features: Any,
+    eps: float = 0.6,
+    eps_gap: float = 0.02,
+    k1: int = 30,
+    k2: int = 6,
+    min_samples: int = 4,
+    alpha: float | None = None,
+    *,
+    device: torch.device | str | None = None,
+    knn_backend: str = "torch",
+    faiss_index: str = "Flat",
+    self_paced: bool = True,
+) -> PseudoLabels:
+    """Self-paced pseudo labels for the target instance features (N x d, numpy or torch).
+
+    ``alpha`` is the independence threshold from the first epoch (None: compute it now, when a
+    multi-member cluster exists); ``self_paced=False`` keeps every DBSCAN cluster whole (the
+    paper's "without self-paced criterion" ablation). ``device`` runs the kNN search and the pair similarities there
+    (e.g. "cuda"); ``knn_backend="faiss"`` searches with faiss (``faiss_index`` a factory
+    string, "Flat" exact). Everything else runs on the CPU in memory linear in the number of
+    stored pairs. ``result.timings`` holds the seconds spent in each stage.
+    """
+    check_radii(eps, eps_gap)
+    _check_settings(k1, k2, min_samples, alpha)
+    clock = time.perf_counter()
+    unit = as_unit_features(features, device)
+    ranks, _ = search_unit(unit, k1, backend=knn_backend, faiss_index=faiss_index)
+    knn_seconds = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    distances = jaccard_from_neighbors(unit, ranks, k1, k2)
+    del ranks, unit
+    jaccard_seconds = time.perf_counter() - clock
+
+    result = labels_from_jaccard(distances, eps, eps_gap, min_samples, alpha, self_paced=self_paced)
+    return replace(result, timings={"knn": knn_seconds, "jaccard": jaccard_seconds, **result.timings})
