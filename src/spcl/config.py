@@ -34,6 +34,8 @@ class DataConfig:
     height: int = 256
     width: int = 128
     workers: int = 4
+    cache_images: bool = False
+    """Keep decoded training images in memory (small datasets; use with workers 0)."""
     num_instances: int = 4
     """Images per identity in a batch (the anchor plus three from other cameras)."""
     padding: int = 10

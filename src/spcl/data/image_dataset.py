@@ -23,16 +23,24 @@ class ImageDataset(TorchDataset):
     """Items -> ``(image tensor, pid, camid, index)``; the index is the item's position in the list,
     which for the training list is its memory slot."""
 
-    def __init__(self, items: Sequence[Item], transform: Callable | None = None) -> None:
+    def __init__(self, items: Sequence[Item], transform: Callable | None = None, cache: bool = False) -> None:
         self.items = list(items)
         self.transform = transform
+        # Decoding small JPEGs costs more than the augmentation: a small dataset decoded once and kept
+        # in memory lets a CPU run use both cores for the network instead of for loader workers.
+        self._cache: dict[int, Image.Image] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int):
         path, pid, camid = self.items[index]
-        image = read_image(path)
+        if self._cache is None:
+            image = read_image(path)
+        else:
+            image = self._cache.get(index)
+            if image is None:
+                image = self._cache[index] = read_image(path)
         if self.transform is not None:
             image = self.transform(image)
         return image, pid, camid, index

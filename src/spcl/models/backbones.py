@@ -284,3 +284,20 @@ class TimmBackbone(nn.Module):
         if features.dim() == 4:
             return features
         return self.model.forward_head(features, pre_logits=True)
+
+
+@register_backbone("resnet10")
+def resnet10(pretrained: Pretrained, last_stride: int) -> nn.Module:
+    """ResNet-10 (one basic block per stage): half the cost of ResNet-18, for CPU runs from scratch
+    such as the demo. There are no ImageNet weights for it; a state-dict path still works."""
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    if pretrained is True:
+        raise PretrainedWeightsError(
+            "resnet10 has no ImageNet weights: train it from scratch (--no-pretrained) or pass "
+            "--pretrained PATH to a state dict of your own"
+        )
+    backbone = ResNetBackbone(ResNet(BasicBlock, [1, 1, 1, 1]), last_stride)
+    if pretrained:
+        _load_backbone_weights(backbone, Path(pretrained), "resnet10")
+    return backbone

@@ -171,6 +171,7 @@ class Trainer:
         self.best: dict[str, float] = {"mAP": -1.0, "epoch": -1}
         self.history: list[EpochLog] = []
         self.target_labels = np.zeros(self.num_target, dtype=np.int64)
+        self._train_sets: dict[int, ImageDataset] = {}
 
     # ------------------------------------------------------------------------------------------------
     # set-up
@@ -257,8 +258,11 @@ class Trainer:
                 f"{c.optim.batch_size}: lower optim.batch_size"
             )
         generator = torch.Generator().manual_seed(_derive_seed(c.seed, stream, self.epoch))
+        dataset = self._train_sets.get(stream)
+        if dataset is None:
+            dataset = self._train_sets[stream] = ImageDataset(items, self.train_transform, cache=c.data.cache_images)
         loader = DataLoader(
-            ImageDataset(items, self.train_transform), batch_size=c.optim.batch_size, sampler=sampler,
+            dataset, batch_size=c.optim.batch_size, sampler=sampler,
             num_workers=c.data.workers, drop_last=True, generator=generator,
             pin_memory=self.device.type == "cuda", persistent_workers=False,
         )
