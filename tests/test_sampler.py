@@ -147,3 +147,15 @@ def test_all_singletons_and_empty() -> None:
     assert len(s) == 10
     empty = RandomMultipleGallerySampler([-1, -1], [0, 1])
     assert list(empty) == [] and len(empty) == 0
+
+
+def test_short_passes_are_chained_up_to_min_length() -> None:
+    # two large classes: one pass yields 8 indices, fewer than a batch of 20
+    pids = np.repeat([0, 1], 10)
+    cams = np.tile(np.arange(5), 4)
+    sampler = RandomMultipleGallerySampler(pids, cams, num_instances=4, seed=1, min_length=20)
+    first = list(sampler)
+    assert len(first) == 24 and sampler.pass_index == 3
+    again = RandomMultipleGallerySampler(pids, cams, num_instances=4, seed=1)
+    chained = list(again) + list(again) + list(again)
+    assert first == chained

@@ -135,3 +135,15 @@ def test_checkpoint_loads_with_weights_only(data_root: Path, tmp_path: Path) -> 
     (tmp_path / "bad.pth").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="bad.pth"):
         load_checkpoint(tmp_path / "bad.pth")
+
+
+def test_eval_on_vehicleid_averages_ten_draws(data_root: Path, tmp_path: Path, capsys) -> None:
+    from test_data import _vehicleid_tree
+
+    _run(_config(data_root, tmp_path / "v", "usl", **{"optim.epochs": 1, "optim.iters": 1, "eval.every": 0}))
+    _vehicleid_tree(tmp_path / "vid")
+    result = evaluate_checkpoint(tmp_path / "v" / "last.pth", "vehicleid", str(tmp_path / "vid"), device="cpu", workers=0)
+    assert len(result["draw_mAP"]) == 10
+    assert result["num_identities"] == 10 and result["num_gallery"] == 10 and result["num_query"] == 30
+    assert result["mAP"] == pytest.approx(float(np.mean(result["draw_mAP"])))
+    assert "10 draws" in capsys.readouterr().out

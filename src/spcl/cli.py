@@ -136,6 +136,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         test_source=args.test_source,
         device=args.device,
         output=args.output,
+        **({"test_size": args.test_size} if args.test_size else {}),
     )
     return 0
 
@@ -178,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-source", action="store_true", help="use the source-domain BatchNorms (DSBN models)")
     p.add_argument("--device", default="auto")
     p.add_argument("--output", default=None, help="folder for per-query results (default: next to the checkpoint)")
+    p.add_argument("--test-size", type=int, default=0, help="VehicleID test set (800, 1600, 2400; 10 gallery draws)")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("synth", help="write the built-in synthetic two-domain dataset and its contact sheets")

@@ -40,7 +40,12 @@ class RandomMultipleGallerySampler(Sampler[int]):
         num_instances: int = 4,
         seed: int = 0,
         epoch: int = 0,
+        min_length: int = 0,
     ) -> None:
+        """``min_length``: one ``iter()`` chains further passes until it yields at least this many
+        indices, so a loader that drops partial batches always gets a batch even when clusters are
+        so large that one pass is shorter than a batch (where the reference's loader stalls)."""
+        self.min_length = int(min_length)
         pids_arr = np.asarray(pids, dtype=np.int64).reshape(-1)
         cams_arr = np.asarray(camids, dtype=np.int64).reshape(-1)
         if pids_arr.shape != cams_arr.shape:
@@ -90,9 +95,13 @@ class RandomMultipleGallerySampler(Sampler[int]):
         self.pass_index = int(state["pass_index"])
 
     def __iter__(self) -> Iterator[int]:
-        rng = np.random.default_rng([self.seed, self.epoch, self.pass_index])
-        self.pass_index += 1
-        return iter(self._draw(rng))
+        out: list[int] = []
+        while True:
+            rng = np.random.default_rng([self.seed, self.epoch, self.pass_index])
+            self.pass_index += 1
+            out.extend(self._draw(rng))
+            if len(out) >= self.min_length or not out:
+                return iter(out)
 
     def _draw(self, rng: np.random.Generator) -> list[int]:
         """One pass: classes in random order, anchor first, then its gallery companions."""

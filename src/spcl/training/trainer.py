@@ -250,13 +250,11 @@ class Trainer:
         c = self.config
         cams = np.array([cam for _, _, cam in items])
         sampler = RandomMultipleGallerySampler(
-            pids, cams, num_instances=c.data.num_instances, seed=_derive_seed(c.seed, stream), epoch=self.epoch
+            pids, cams, num_instances=c.data.num_instances, seed=_derive_seed(c.seed, stream), epoch=self.epoch,
+            min_length=c.optim.batch_size,
         )
-        if len(sampler) < c.optim.batch_size:
-            raise ValueError(
-                f"one pass of the sampler yields {len(sampler)} images, fewer than a batch of "
-                f"{c.optim.batch_size}: lower optim.batch_size"
-            )
+        if len(sampler) == 0:
+            raise ValueError("no training sample has a label: nothing to sample from")
         generator = torch.Generator().manual_seed(_derive_seed(c.seed, stream, self.epoch))
         dataset = self._train_sets.get(stream)
         if dataset is None:
