@@ -147,3 +147,22 @@ def test_eval_on_vehicleid_averages_ten_draws(data_root: Path, tmp_path: Path, c
     assert result["num_identities"] == 10 and result["num_gallery"] == 10 and result["num_query"] == 30
     assert result["mAP"] == pytest.approx(float(np.mean(result["draw_mAP"])))
     assert "10 draws" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "switch", [{"pseudo.discard_outliers": True}, {"pseudo.self_paced": False}, {"model.dsbn": False}]
+)
+def test_ablation_switches(data_root: Path, tmp_path: Path, switch: dict) -> None:
+    trainer = _run(_config(data_root, tmp_path / "abl", **{"optim.epochs": 1, "eval.every": 0, **switch}))
+    assert np.isfinite(trainer.history[-1].loss)
+    labels = trainer.target_labels
+    if "pseudo.discard_outliers" in switch:
+        # un-clustered samples leave training: their slots belong to no class
+        assert (labels == -1).sum() == trainer.history[-1].num_outliers
+        assert (trainer.memory.target_labels.cpu().numpy() == labels).all()
+    if "pseudo.self_paced" in switch:
+        assert np.isnan(trainer.history[-1].alpha)
+    if "model.dsbn" in switch:
+        from spcl.models import num_bn_domains
+
+        assert num_bn_domains(trainer.model) == 1

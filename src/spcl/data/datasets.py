@@ -300,8 +300,9 @@ def read_manifest(path: Path) -> Dataset:
     )
 
 
-def _folder_split(folder: Path, labelled: bool, cams: dict[str, int]) -> list[Item]:
-    items = []
+def _folder_split(folder: Path, labelled: bool, cams: dict[str, int]) -> list[tuple[str, str | None, int]]:
+    """(path, identity folder name or None for a loose training image, camera) of one split."""
+    items: list[tuple[str, str | None, int]] = []
     for pid_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
         for image in list_images(pid_dir):
             items.append((str(image), pid_dir.name, cams.setdefault(str(image), len(cams))))
@@ -312,8 +313,7 @@ def _folder_split(folder: Path, labelled: bool, cams: dict[str, int]) -> list[It
                 f"{loose[0]}: query/gallery images must sit in one sub-folder per identity ({folder}/<id>/...)"
             )
         items.extend((str(p), None, cams.setdefault(str(p), len(cams))) for p in sorted(loose))
-    # Sub-folder names become identities: numeric names keep their value, other names get an index.
-    return items  # type: ignore[return-value]
+    return items
 
 
 @register_dataset(
@@ -329,6 +329,7 @@ def read_image_folder(root: Path) -> Dataset:
     require_dirs(root, _SPLITS, "image folder layout (train/, query/, gallery/, one sub-folder per identity)")
     cams: dict[str, int] = {}
     raw = {s: _folder_split(root / s, s != "train", cams) for s in _SPLITS}
+    # Sub-folder names become identities: numeric names keep their value, other names get an index.
     names = sorted({pid for items in raw.values() for _, pid, _ in items if pid is not None})
     numeric = all(n.isdigit() for n in names)
     ids = {n: (int(n) if numeric else i) for i, n in enumerate(names)}
