@@ -563,7 +563,6 @@ def _render_person(pt: _Painter, a: dict[str, Any], view: str, stride: float, sw
     skin = _rgb(SKIN[a["skin"]])
     hair = _rgb(HAIR[a["hair"]])
     upper = _rgb(a["upper_rgb"])
-    lower = _rgb(a["lower_rgb"])
     shoes = _rgb(SHOES[a["shoes"]])
     bag_rgb = _rgb(PALETTE[a["bag_colour"]])
     side = view in ("left", "right")

@@ -35,7 +35,6 @@ from spcl.pseudo_labels import generate
 from spcl.training.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
-    format_result,
     load_checkpoint,
     model_description,
     save_checkpoint,
