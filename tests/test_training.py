@@ -11,7 +11,7 @@ import torch
 from spcl.config import load_config
 from spcl.data.synthetic import SynthConfig, generate_domain
 from spcl.training import Trainer, TrainingDiverged, load_checkpoint
-from spcl.training.checkpoint import CheckpointError, evaluate_checkpoint, load_model
+from spcl.training.checkpoint import CheckpointError, config_of, evaluate_checkpoint, load_model
 
 TINY = SynthConfig(
     height=32, width=16, num_cameras=3, source_train_ids=10, source_test_ids=0, target_train_ids=10,
@@ -59,6 +59,7 @@ def test_uda_runs_logs_and_checkpoints(data_root: Path, tmp_path: Path) -> None:
     state = load_checkpoint(out / "last.pth")
     assert state["model"]["bn_domains"] == 2 and state["epoch"] == 2
     assert state["config"]["mode"] == "uda"
+    assert config_of(state) == trainer.config  # the run's config can be rebuilt from the checkpoint
     assert state["memory"]["features"].shape[0] == 10 + len(trainer.target.train)
     # the memory holds unit vectors after training
     norms = state["memory"]["features"].norm(dim=1)
