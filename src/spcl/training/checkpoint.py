@@ -17,10 +17,9 @@ import torch
 from torch import nn
 
 from spcl.config import Config, ModelConfig, load_config
+from spcl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 FORMAT_VERSION = 1
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class CheckpointError(ValueError):

@@ -171,6 +171,11 @@ class Trainer:
         self.history: list[EpochLog] = []
         self.target_labels = np.zeros(self.num_target, dtype=np.int64)
         self._train_sets: dict[int, ImageDataset] = {}
+        # hashed once: every checkpoint stores them, and a resume compares them
+        self.fingerprints = {
+            "source": self.source.fingerprint() if self.source is not None else "",
+            "target": self.target.fingerprint(),
+        }
 
     # ------------------------------------------------------------------------------------------------
     # set-up
@@ -182,11 +187,6 @@ class Trainer:
             options["seed"] = self.config.data.synth_seed
         return load(name, self.config.data.root, **options)
 
-    def _fingerprints(self) -> dict[str, str]:
-        return {
-            "source": self.source.fingerprint() if self.source is not None else "",
-            "target": self.target.fingerprint(),
-        }
 
     def init_memory(self) -> None:
         """Fill the memory with one forward pass of the initial encoder (SPEC section 4)."""
@@ -343,7 +343,7 @@ class Trainer:
             "format_version": FORMAT_VERSION,
             "model": self._describe(),
             "config": c.to_dict(),
-            "fingerprints": self._fingerprints(),
+            "fingerprints": self.fingerprints,
             "epoch": self.epoch,
             "state_dict": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -363,7 +363,7 @@ class Trainer:
                 f"({state['model']['bn_domains']} BN domains); this run is {self.config.mode} of "
                 f"{self.config.model.arch}. Use another --output or --no-resume."
             )
-        if state["fingerprints"] != self._fingerprints():
+        if state["fingerprints"] != self.fingerprints:
             raise CheckpointError(
                 "the checkpoint was trained on other training lists (fingerprints differ): its memory "
                 "slots would point at other images. Use another --output or --no-resume."
