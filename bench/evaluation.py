@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from spcl.evaluation import evaluate_features, pairwise_distance, rank_metrics  # noqa: E402
-from spcl.evaluation.metrics import BLOCK_BYTES  # noqa: E402
+from spcl.evaluation.ranking import BLOCK_BYTES  # noqa: E402
 
 MSMT17 = dict(num_query=11_659, num_gallery=82_161, num_ids=3_060, num_cams=15, distractors=0)
 MARKET = dict(num_query=3_368, num_gallery=15_913, num_ids=750, num_cams=6, distractors=2_793)

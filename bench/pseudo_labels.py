@@ -1,4 +1,4 @@
-"""Benchmark of the pseudo-labelling engine (issue 4, SPEC section 6). Not a test.
+"""Benchmark of the pseudo-labelling engine (SPEC section 6). Not a test.
 
 For each size N (Market-1501 train 12,936; MSMT17 train 32,621 by default) it builds 2048-d
 features with identity structure, then, in a fresh process:
@@ -109,7 +109,7 @@ def worker_size(n: int, dim: int, mean_size: float, seed: int) -> dict:
 
     from spcl.pseudo_labels import generate, labels_from_jaccard
     from spcl.pseudo_labels.jaccard import jaccard_from_neighbors
-    from spcl.pseudo_labels.neighbors import as_unit_features, search_unit
+    from spcl.neighbors import as_unit_features, search_unit
 
     features, truth = identity_features(n, dim, mean_size, seed=seed)
     baseline = PeakMemory.rss()

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 import spcl.data as data
-from spcl.data import DatasetError, ImageDataset, load, register_dataset
+from spcl.data import DatasetError, ImageDataset, camera_codes, load, register_dataset
+from spcl.evaluation import ImageSet, metrics_from_features
 
 
 def _img(path: Path) -> Path:
@@ -185,12 +186,13 @@ def test_vehicleid_one_gallery_image_per_identity(tmp_path: Path) -> None:
     _vehicleid_tree(tmp_path)
     ds = load("vehicleid", tmp_path, test_size=800, draw=0)
     assert ds.num_train_pids == 3 and len(ds.train) == 9
-    assert not ds.has_cameras
+    assert all(cam is None for _, _, cam in ds.train + ds.query + ds.gallery)  # no cameras
+    assert ds.test == [t for t in ds.test if t in ds.query or t in ds.gallery] and len(ds.test) == 40
     gallery_pids = [pid for _, pid, _ in ds.gallery]
     assert sorted(gallery_pids) == list(range(500, 510))
     assert len(ds.query) == 30
     # every image its own camera: the same-camera filter can never remove a true match
-    cams = [cam for _, _, cam in ds.train + ds.query + ds.gallery]
+    cams = camera_codes([cam for _, _, cam in ds.train + ds.query + ds.gallery])
     assert len(set(cams)) == len(cams)
     other = load("vehicleid", tmp_path, test_size=800, draw=1)
     assert {p for p, _, _ in other.gallery} != {p for p, _, _ in ds.gallery}
@@ -209,14 +211,18 @@ def test_manifest_with_and_without_cameras(tmp_path: Path) -> None:
     )
     ds = load(tmp_path / "m.csv")
     assert _rel(ds.train) == [("a.jpg", 0, 1), ("b.jpg", 1, 0), ("c.jpg", -1, 2)]
-    assert ds.num_train_pids == 2 and ds.has_cameras
+    assert ds.num_train_pids == 2 and all(cam is not None for _, _, cam in ds.train + ds.query + ds.gallery)
     assert ds.statistics()["train"]["unlabelled"] == 1
     (tmp_path / "n.csv").write_text("path,split,pid\nimgs/a.jpg,train,-1\nimgs/q.jpg,query,5\nimgs/g1.jpg,gallery,5\nimgs/q.jpg,gallery,5\n")
     ds = load(tmp_path / "n.csv")
-    assert not ds.has_cameras
-    # without cameras every distinct file is its own camera; the same file keeps the same camera
-    assert ds.query[0][2] == ds.gallery[1][2]
-    assert ds.query[0][2] != ds.gallery[0][2]
+    assert all(cam is None for _, _, cam in ds.train + ds.query + ds.gallery)
+    # without cameras every image is its own camera: the evaluation removes the query's own file
+    # from the gallery, and no other true match
+    features = np.eye(3)[[0, 1, 0]]  # the query, g1, and the query's own file again
+    result = metrics_from_features(
+        ImageSet.from_items(ds.query, features[:1]), ImageSet.from_items(ds.gallery, features[1:])
+    )
+    assert result["num_matches"].tolist() == [1] and result["first_match_rank"].tolist() == [1]
 
 
 @pytest.mark.parametrize(
@@ -245,7 +251,7 @@ def test_image_folder_layout(tmp_path: Path) -> None:
         ("alice/1.jpg", 0), ("alice/2.jpg", 0), ("bob/1.png", 1), ("train/loose.jpg", -1)
     ]
     assert ds.query[0][1] == ds.gallery[0][1] != ds.gallery[1][1]
-    assert not ds.has_cameras
+    assert all(cam is None for _, _, cam in ds.train + ds.query + ds.gallery)
 
 
 def test_market_style_folder_detected(tmp_path: Path) -> None:

@@ -132,7 +132,7 @@ def test_frozen_bias_quirk_is_explicit() -> None:
     assert not encoder.neck.bias.requires_grad
     reference = convert_dsbn(copy.deepcopy(encoder))  # default reproduces the reference
     assert all(b.bias.requires_grad for b in reference.neck.branches)
-    kept = convert_dsbn(copy.deepcopy(encoder), keep_frozen_bias=True)
+    kept = convert_dsbn(copy.deepcopy(encoder), keep_requires_grad=True)
     assert not any(b.bias.requires_grad for b in kept.neck.branches)
     assert all(b.weight.requires_grad for b in kept.neck.branches)
 

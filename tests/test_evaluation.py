@@ -7,13 +7,15 @@ import pytest
 import torch
 
 from spcl.evaluation import (
+    ImageSet,
     evaluate_features,
     format_metrics,
     pairwise_distance,
     rank_metrics,
     ranked_gallery,
 )
-from spcl.evaluation import metrics as metrics_module
+from spcl.evaluation import ranking as ranking_module
+from spcl.evaluation.protocol import Protocol
 
 
 def slow_metrics(dist, qpids, gpids, qcams, gcams, topk, qpaths=None, gpaths=None):
@@ -217,10 +219,10 @@ def test_ap_is_sklearn_average_precision():
 def test_torch_sort_path_matches_numpy_path():
     # the counting used on accelerators (torch.sort + searchsorted) gives the same result
     dist, qpids, gpids, qcams, gcams = random_problem(4, levels=4)
-    protocol = metrics_module._Protocol.build(len(qpids), len(gpids), qpids, gpids, qcams, gcams, None, None)
+    protocol = Protocol.build(ImageSet(pids=qpids, camids=qcams), ImageSet(pids=gpids, camids=gcams), len(qpids), len(gpids))
     related, is_match = protocol.related(0, len(qpids))
-    ap, first, _, finite = metrics_module._rank_block(
-        torch.from_numpy(dist), related, is_match, metrics_module._Counter(None)
+    ap, first, _, finite = ranking_module._rank_block(
+        torch.from_numpy(dist), related, is_match, ranking_module._Counter(None)
     )
     expected = slow_metrics(dist, qpids, gpids, qcams, gcams, 3)
     assert finite.all()
@@ -233,8 +235,8 @@ def test_accelerator_tie_count_matches_cpu_tie_count():
     block = torch.from_numpy(rng.integers(0, 3, size=(6, 50)).astype(np.float32))
     rows, index = rng.integers(0, 6, 200), rng.integers(0, 50, 200)
     values = block.numpy()[rows, index]
-    cpu = metrics_module._tied_before(block, rows, values, index)
-    vectorised = metrics_module._tied_before_vectorised(block, rows, values, index, chunk=7)
+    cpu = ranking_module._tied_before(block, rows, values, index)
+    vectorised = ranking_module._tied_before_vectorised(block, rows, values, index, chunk=7)
     expected = [int((block[r, :i] == float(v)).sum()) for r, v, i in zip(rows, values, index)]
     assert cpu.tolist() == expected and vectorised.tolist() == expected
 
@@ -301,7 +303,7 @@ def test_float32_features_random():
 def test_ranked_gallery_is_stable_order_and_drops_removed_items():
     query, gallery = integer_features(4, 9, dim=3), integer_features(5, 40, dim=3)  # many ties
     dist = pairwise_distance(query, gallery, "euclidean").numpy()
-    index, values = ranked_gallery(query, gallery, k=12, metric="euclidean", block_size=4)
+    index, values = ranked_gallery(ImageSet(query), ImageSet(gallery), k=12, metric="euclidean", block_size=4)
     expected = np.argsort(dist, axis=1, kind="stable")[:, :12]
     np.testing.assert_array_equal(index, expected)
     np.testing.assert_array_equal(values, np.take_along_axis(dist, expected, 1))
@@ -310,8 +312,7 @@ def test_ranked_gallery_is_stable_order_and_drops_removed_items():
     qpids, gpids = rng.integers(0, 4, 9), rng.integers(0, 4, 40)
     qcams, gcams = rng.integers(0, 2, 9), rng.integers(0, 2, 40)
     index, _ = ranked_gallery(
-        query, gallery, k=45, metric="euclidean",
-        query_pids=qpids, gallery_pids=gpids, query_camids=qcams, gallery_camids=gcams,
+        ImageSet(query, pids=qpids, camids=qcams), ImageSet(gallery, pids=gpids, camids=gcams), k=45, metric="euclidean",
     )
     for i in range(9):
         keep = [j for j in np.argsort(dist[i], kind="stable") if not (gpids[j] == qpids[i] and gcams[j] == qcams[i])]

@@ -18,7 +18,7 @@ from sklearn.cluster import DBSCAN
 
 from spcl.pseudo_labels import generate, jaccard_distance, labels_from_jaccard, nearest_neighbors
 from spcl.pseudo_labels.jaccard import jaccard_from_neighbors
-from spcl.pseudo_labels.neighbors import as_unit_features
+from spcl.neighbors import as_unit_features
 from spcl.pseudo_labels.reliability import (
     ClusterReliability,
     cluster_reliability,
@@ -342,7 +342,7 @@ def test_unknown_backend_is_rejected():
 def test_jaccard_memory_is_linear(monkeypatch):
     """No N x N array: with small accumulation blocks, the sparse stage stays below N^2 bytes
     (one N x N boolean) at N = 8000, where an N x N float64 would be 512 MB."""
-    import spcl.pseudo_labels.jaccard as jaccard_module
+    import spcl.neighbors.kreciprocal as jaccard_module
 
     monkeypatch.setattr(jaccard_module, "_TRIPLE_BUDGET", 1 << 16)
     monkeypatch.setattr(jaccard_module, "_CELL_BUDGET", 1 << 16)

@@ -130,7 +130,7 @@ def test_duplicate_of_the_query_in_the_gallery_ranks_first():
 
 def test_memory_grows_with_points_times_k(monkeypatch):
     """q x g output aside, no (q + g)^2 array: at 500 x 2000 the joint float64 matrix is 50 MB."""
-    import spcl.pseudo_labels.jaccard as jaccard_module
+    import spcl.neighbors.kreciprocal as jaccard_module
 
     monkeypatch.setattr(jaccard_module, "_TRIPLE_BUDGET", 1 << 16)
     monkeypatch.setattr(jaccard_module, "_CELL_BUDGET", 1 << 16)

@@ -1,4 +1,4 @@
-"""Tests for the built-in synthetic two-domain re-ID dataset (issue 2; SPEC sections 1, 9)."""
+"""Tests for the built-in synthetic two-domain re-ID dataset (SPEC sections 1, 9)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from spcl.data import synthetic
-from spcl.data.synthetic import SynthConfig, ensure_synthetic, generate
+from spcl.data.synthetic import SynthConfig, ensure_synthetic, write_synthetic
+from spcl.data.synthetic import writer as synthetic_writer
 
 MARKET_RE = re.compile(r"([-\d]+)_c(\d)")
 NAME_RE = re.compile(r"^(\d{4})_c(\d)s1_(\d{6})_00\.jpg$")
@@ -27,7 +28,7 @@ TINY_CONFIG = SynthConfig(source_train_ids=3, source_test_ids=2, target_train_id
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return generate(tmp_path_factory.mktemp("synth"), seed=0, config=EVAL_CONFIG)
+    return write_synthetic(tmp_path_factory.mktemp("synth"), seed=0, config=EVAL_CONFIG)
 
 
 def _read_split(folder: Path) -> tuple[np.ndarray, np.ndarray, list[Path]]:
@@ -117,9 +118,9 @@ def test_identities_are_disjoint_between_domains(dataset: dict[str, Path]) -> No
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
-    a = generate(tmp_path / "a", seed=3, config=TINY_CONFIG)
-    b = generate(tmp_path / "b", seed=3, config=TINY_CONFIG)
-    c = generate(tmp_path / "c", seed=4, config=TINY_CONFIG)
+    a = write_synthetic(tmp_path / "a", seed=3, config=TINY_CONFIG)
+    b = write_synthetic(tmp_path / "b", seed=3, config=TINY_CONFIG)
+    c = write_synthetic(tmp_path / "c", seed=4, config=TINY_CONFIG)
     for d in synthetic.DOMAINS:
         assert _digest(a[d]) == _digest(b[d])
         assert _digest(a[d]) != _digest(c[d])
@@ -195,7 +196,7 @@ def test_ensure_reuses_and_regenerates(tmp_path: Path) -> None:
 def test_interrupted_generation_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     good = ensure_synthetic(tmp_path, "synth-target", seed=0, config=TINY_CONFIG)
     before = _digest(good)
-    real_render = synthetic._render_image
+    real_render = synthetic_writer.render_image
     calls = {"n": 0}
 
     def failing_render(*args: object, **kwargs: object) -> Image.Image:
@@ -204,7 +205,7 @@ def test_interrupted_generation_leaves_nothing(tmp_path: Path, monkeypatch: pyte
             raise KeyboardInterrupt
         return real_render(*args, **kwargs)
 
-    monkeypatch.setattr(synthetic, "_render_image", failing_render)
+    monkeypatch.setattr(synthetic_writer, "render_image", failing_render)
     with pytest.raises(KeyboardInterrupt):
         ensure_synthetic(tmp_path, "synth-target", seed=5, config=TINY_CONFIG)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["synth-target"]

@@ -1,4 +1,5 @@
-"""Trainer: short UDA / USL / baseline runs on a tiny synthetic dataset, exact resume, NaN handling."""
+"""Trainer: short UDA / USL / baseline runs on a tiny synthetic dataset (``conftest.data_root``),
+exact resume, NaN handling, hooks and the checkpoint's parts."""
 
 from __future__ import annotations
 
@@ -9,22 +10,9 @@ import pytest
 import torch
 
 from spcl.config import load_config
-from spcl.data.synthetic import SynthConfig, generate_domain
-from spcl.training import Trainer, TrainingDiverged, load_checkpoint
-from spcl.training.checkpoint import CheckpointError, config_of, evaluate_checkpoint, load_model
-
-TINY = SynthConfig(
-    height=32, width=16, num_cameras=3, source_train_ids=10, source_test_ids=0, target_train_ids=10,
-    target_test_ids=4, cameras_per_id=(2, 3), train_images_per_camera=(2, 3), test_images_per_camera=(2, 2),
-)
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("tinydata")
-    generate_domain(root / "src", "source", seed=0, config=TINY)
-    generate_domain(root / "tgt", "target", seed=0, config=TINY)
-    return root
+from spcl.inference import evaluate_checkpoint
+from spcl.training import Hook, MetricsLog, Trainer, TrainingDiverged, load_checkpoint, save_checkpoint
+from spcl.training.checkpoint import CheckpointError, config_of, load_model
 
 
 def _config(root: Path, out: Path, mode: str = "uda", **extra):
@@ -57,7 +45,7 @@ def test_uda_runs_logs_and_checkpoints(data_root: Path, tmp_path: Path) -> None:
         assert 0.0 <= entry.eval["mAP"] <= 1.0
         assert {"pair_precision", "pair_recall", "nmi"} <= set(entry.quality)
     state = load_checkpoint(out / "last.pth")
-    assert state["model"]["bn_domains"] == 2 and state["epoch"] == 2
+    assert state["model"]["bn_domains"] == 2 and state["trainer"]["epoch"] == 2
     assert state["config"]["mode"] == "uda"
     assert config_of(state) == trainer.config  # the run's config can be rebuilt from the checkpoint
     assert state["memory"]["features"].shape[0] == 10 + len(trainer.target.train)
@@ -98,7 +86,7 @@ def test_resume_is_bit_identical(data_root: Path, tmp_path: Path) -> None:
         assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
     assert torch.equal(a["memory"]["features"], b["memory"]["features"])
     assert torch.equal(a["memory"]["labels"], b["memory"]["labels"])
-    assert a["alpha"] == b["alpha"]
+    assert a["labels"]["alpha"] == b["labels"]["alpha"]
     assert full.history[-1].loss == resumed.history[-1].loss
 
 
@@ -138,18 +126,6 @@ def test_checkpoint_loads_with_weights_only(data_root: Path, tmp_path: Path) -> 
         load_checkpoint(tmp_path / "bad.pth")
 
 
-def test_eval_on_vehicleid_averages_ten_draws(data_root: Path, tmp_path: Path, capsys) -> None:
-    from test_data import _vehicleid_tree
-
-    _run(_config(data_root, tmp_path / "v", "usl", **{"optim.epochs": 1, "optim.iters": 1, "eval.every": 0}))
-    _vehicleid_tree(tmp_path / "vid")
-    result = evaluate_checkpoint(tmp_path / "v" / "last.pth", "vehicleid", str(tmp_path / "vid"), device="cpu", workers=0)
-    assert len(result["draw_mAP"]) == 10
-    assert result["num_identities"] == 10 and result["num_gallery"] == 10 and result["num_query"] == 30
-    assert result["mAP"] == pytest.approx(float(np.mean(result["draw_mAP"])))
-    assert "10 draws" in capsys.readouterr().out
-
-
 @pytest.mark.parametrize(
     "switch", [{"pseudo.discard_outliers": True}, {"pseudo.self_paced": False}, {"model.dsbn": False}]
 )
@@ -167,3 +143,58 @@ def test_ablation_switches(data_root: Path, tmp_path: Path, switch: dict) -> Non
         from spcl.models import num_bn_domains
 
         assert num_bn_domains(trainer.model) == 1
+
+
+def test_hooks_extend_and_replace_the_stages(data_root: Path, tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    class Recorder(Hook):
+        def before_train(self, trainer) -> None:
+            calls.append("before_train")
+
+        def before_epoch(self, trainer) -> None:
+            calls.append(f"before_epoch {trainer.epoch}")
+
+        def after_step(self, trainer, losses) -> None:
+            assert np.isfinite(losses.loss)
+            calls.append("step")
+
+        def after_epoch(self, trainer, entry) -> None:
+            calls.append(f"after_epoch {entry.epoch}")
+
+        def after_train(self, trainer) -> None:
+            calls.append("after_train")
+
+    out = tmp_path / "hooks"
+    # no evaluation and no checkpoints: only the recorder and the metrics log
+    trainer = Trainer(_config(data_root, out, "usl"), log=lambda _: None, progress=False, hooks=[Recorder(), MetricsLog()])
+    trainer.fit()
+    assert calls == ["before_train", "before_epoch 0", *["step"] * 4, "after_epoch 1",
+                     "before_epoch 1", *["step"] * 4, "after_epoch 2", "after_train"]
+    assert not (out / "last.pth").exists() and (out / "metrics.csv").is_file()
+    assert all(not entry.eval for entry in trainer.history)
+
+
+def test_checkpoint_holds_the_checkpointable_parts_once(data_root: Path, tmp_path: Path) -> None:
+    trainer = _run(_config(data_root, tmp_path / "parts", **{"optim.epochs": 1, "eval.every": 0}))
+    state = load_checkpoint(tmp_path / "parts" / "last.pth")
+    assert set(state) == {"format_version", "model", "config", "fingerprints"} | set(trainer.checkpointables())
+    # the target labels live in the memory's label table only
+    assert "target_labels" not in state and (trainer.memory.labels.cpu() == state["memory"]["labels"]).all()
+
+
+def test_a_format_1_checkpoint_still_resumes(data_root: Path, tmp_path: Path) -> None:
+    _run(_config(data_root, tmp_path / "full", **{"eval.every": 0}))
+    _run(_config(data_root, tmp_path / "old", **{"eval.every": 0, "optim.epochs": 1}))
+    state = load_checkpoint(tmp_path / "old" / "last.pth")
+    # format 1: the trainer's values as top-level keys, the labels also kept by the trainer
+    old = {k: state[k] for k in ("model", "config", "fingerprints", "state_dict", "optimizer", "scheduler", "memory", "rng")}
+    old.update(format_version=1, alpha=state["labels"]["alpha"], target_labels=state["memory"]["labels"][10:] - 10,
+               **state["trainer"])
+    save_checkpoint(old, tmp_path / "old" / "last.pth")
+    _run(_config(data_root, tmp_path / "old", **{"eval.every": 0}))
+    a, b = (load_checkpoint(tmp_path / run / "last.pth") for run in ("full", "old"))
+    assert b["format_version"] == 2 and b["trainer"]["epoch"] == 2
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    assert torch.equal(a["memory"]["features"], b["memory"]["features"])

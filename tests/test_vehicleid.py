@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spcl.evaluation import evaluate_features, evaluate_vehicleid, rank_metrics, vehicleid_gallery_split
+from spcl.data.vehicleid import vehicleid_gallery_split
+from spcl.evaluation import evaluate_features, rank_metrics, vehicleid_metrics
 
 
 def test_split_takes_one_gallery_image_per_identity():
@@ -43,11 +44,11 @@ def test_split_errors():
         vehicleid_gallery_split(np.array([], dtype=int), draw=0)
 
 
-def test_evaluate_vehicleid_mean_and_spread():
+def test_vehicleid_metrics_mean_and_spread():
     rng = np.random.default_rng(1)
     pids = np.repeat(np.arange(30), 4)
     features = rng.normal(size=(30, 16))[pids] + 0.8 * rng.normal(size=(120, 16))
-    result = evaluate_vehicleid(features, pids, num_draws=4, topk=5)
+    result = vehicleid_metrics(features, pids, num_draws=4, topk=5)
     maps = []
     for draw in range(4):
         q, g = vehicleid_gallery_split(pids, draw)

@@ -76,12 +76,12 @@ def _config_from_args(args: argparse.Namespace, mode: str | None = None) -> Any:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from spcl.data.synthetic import SynthConfig, generate
+    from spcl.data.synthetic import SynthConfig, write_synthetic
 
     config = SynthConfig(height=args.height, width=args.width) if args.height or args.width else None
     if config is not None and (not args.height or not args.width):
         raise SystemExit("spcl synth: give both --height and --width")
-    paths = generate(Path(args.out), seed=args.seed, config=config)
+    paths = write_synthetic(Path(args.out), seed=args.seed, config=config)
     from spcl.data import load
 
     for name, path in paths.items():
@@ -126,7 +126,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from spcl.training.checkpoint import evaluate_checkpoint
+    from spcl.inference import evaluate_checkpoint
 
     evaluate_checkpoint(
         args.checkpoint,

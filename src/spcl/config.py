@@ -84,6 +84,9 @@ class PseudoLabelConfig:
     discard_outliers: bool = False
     """Drop un-clustered samples from training, as classic pseudo-label methods do (ablation)."""
     knn_backend: Literal["torch", "faiss"] = "torch"
+    """Neighbour search: exact tiled torch search, or faiss when installed."""
+    faiss_index: str = "Flat"
+    """faiss index factory string when knn_backend is faiss ("Flat" is exact)."""
 
 
 @dataclass(frozen=True)

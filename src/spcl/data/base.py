@@ -3,6 +3,10 @@
 A dataset is three lists of ``(path, pid, camid)``.  The training list is sorted by path and its
 identities relabelled to 0..n-1, so memory slots, pseudo labels and checkpoints refer to the same
 images on every run and every machine; query and gallery keep their original identities.
+
+A camera of ``None`` means "unknown" (VehicleID, image folders, manifests without ``camid``), from
+the reader to the metrics: such an image counts as its own camera, so the evaluation's
+same-camera filter never removes its true matches and the sampler may pair it with any image.
 """
 
 from __future__ import annotations
@@ -12,8 +16,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-Item = tuple[str, int, int]
-"""One image: (absolute path, identity, camera).  Unlabelled training images have identity -1."""
+import numpy as np
+
+Item = tuple[str, int, int | None]
+"""One image: (absolute path, identity, camera).  Unlabelled training images have identity -1;
+camera None: unknown (the image is its own camera)."""
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -31,16 +38,15 @@ class Dataset:
     train: list[Item]
     query: list[Item] = field(default_factory=list)
     gallery: list[Item] = field(default_factory=list)
-    has_cameras: bool = True
+    test: list[Item] = field(default_factory=list)
+    """The whole test list, for a protocol that redraws query and gallery from it (VehicleID: one
+    gallery image per identity, averaged over 10 seeded draws; query/gallery then hold one draw).
+    Empty for datasets with a fixed query/gallery split."""
 
     @property
     def num_train_pids(self) -> int:
         """Number of labelled training identities (unlabelled images, pid -1, are not counted)."""
         return len({pid for _, pid, _ in self.train if pid >= 0})
-
-    @property
-    def num_train_cams(self) -> int:
-        return len({cam for _, _, cam in self.train})
 
     def fingerprint(self) -> str:
         """A short hash of the training list, so a checkpoint can tell whether it matches the data."""
@@ -63,7 +69,7 @@ class Dataset:
                 "images": len(items),
                 "ids": len({pid for _, pid, _ in items if pid >= 0}),
                 "unlabelled": sum(1 for _, pid, _ in items if pid < 0),
-                "cameras": len({cam for _, _, cam in items}) if self.has_cameras else 0,
+                "cameras": len({cam for _, _, cam in items if cam is not None}),
             }
         return stats
 
@@ -74,13 +80,32 @@ class Dataset:
             "  split   | images  | ids    | cameras",
             "  --------+---------+--------+--------",
         ]
+        any_unknown = False
         for split, s in stats.items():
-            cams = str(s["cameras"]) if self.has_cameras else "none"
+            unknown = sum(1 for _, _, cam in getattr(self, split) if cam is None)
+            any_unknown |= unknown > 0
+            cams = str(s["cameras"]) if s["cameras"] or not s["images"] else "none"
             extra = f"  (+{s['unlabelled']} unlabelled)" if s["unlabelled"] else ""
+            if s["cameras"] and unknown:
+                extra += f"  ({unknown} of unknown camera)"
             lines.append(f"  {split:<7} | {s['images']:>7} | {s['ids']:>6} | {cams:>7}{extra}")
-        if not self.has_cameras:
-            lines.append("  no camera information: every image counts as its own camera in evaluation")
+        if any_unknown:
+            lines.append("  images of unknown camera count as their own camera in evaluation")
         return "\n".join(lines)
+
+
+def camera_codes(camids: Sequence[int | None]) -> np.ndarray:
+    """Cameras as int64 codes where an unknown camera (None) never equals any other code.
+
+    Known cameras map to 0..K-1 in ascending order; the i-th image of unknown camera gets K + i. The
+    sampler's "other camera" rule and the evaluation's same-camera filter then need no special case.
+    """
+    unknown = np.fromiter((c is None for c in camids), dtype=bool, count=len(camids))
+    cams = np.fromiter((0 if c is None else c for c in camids), dtype=np.int64, count=len(camids))
+    values = np.unique(cams[~unknown])
+    codes = np.searchsorted(values, cams).astype(np.int64)
+    codes[unknown] = len(values) + np.arange(int(unknown.sum()))
+    return codes
 
 
 def relabel_train(items: Iterable[Item]) -> list[Item]:

@@ -14,6 +14,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from spcl.data.base import (
     IMAGE_SUFFIXES,
     Dataset,
@@ -24,6 +26,7 @@ from spcl.data.base import (
     relabel_train,
     require_dirs,
 )
+from spcl.data.vehicleid import VEHICLEID_TEST_SIZES, vehicleid_gallery_split
 
 _PID_CAM = re.compile(r"^([-\d]+)_c(\d+)")
 
@@ -190,9 +193,6 @@ def read_msmt17(root: Path) -> Dataset:
     )
 
 
-_VEHICLEID_SIZES = (800, 1600, 2400)
-
-
 def _vehicleid_image(image_dir: Path, name: str) -> str:
     path = image_dir / (name if Path(name).suffix else f"{name}.jpg")
     return str(path)
@@ -200,26 +200,22 @@ def _vehicleid_image(image_dir: Path, name: str) -> str:
 
 @register_dataset("vehicleid", description="VehicleID (image/ + train_test_split/; options test_size, draw)")
 def read_vehicleid(root: Path, test_size: int = 800, draw: int = 0) -> Dataset:
-    """VehicleID has no cameras: every image is its own camera, so the evaluation filter removes nothing.
+    """VehicleID has no cameras (camera None): the evaluation's camera filter removes nothing.
 
-    The gallery holds one image per test identity, drawn with seed ``draw`` (0..9); queries are the rest.
+    ``test`` holds the whole test list; the gallery holds one image per test identity, drawn with
+    seed ``draw`` (0..9), and the queries are the rest. Evaluation averages over the 10 draws.
     """
-    from spcl.evaluation.vehicleid import vehicleid_gallery_split
-
-    if test_size not in _VEHICLEID_SIZES:
-        raise DatasetError(f"vehicleid: test_size must be one of {_VEHICLEID_SIZES}, got {test_size}")
+    if test_size not in VEHICLEID_TEST_SIZES:
+        raise DatasetError(f"vehicleid: test_size must be one of {VEHICLEID_TEST_SIZES}, got {test_size}")
     base = _locate(root, "VehicleID", ("image", "train_test_split"), aliases=("vehicleid", "VehicleID_V1.0"))
     split_dir = base / "train_test_split"
     train_rows = _read_list(split_dir / "train_list.txt", "vehicleid")
     test_rows = _read_list(split_dir / f"test_list_{test_size}.txt", "vehicleid")
     image_dir = base / "image"
-    # A distinct camera per image (its line number) keeps every true match in the ranking.
-    train = relabel_train((_vehicleid_image(image_dir, n), pid, i) for i, (n, pid) in enumerate(train_rows))
+    train = relabel_train((_vehicleid_image(image_dir, n), pid, None) for n, pid in train_rows)
     _require_files(train, split_dir / "train_list.txt")
-    test = [(_vehicleid_image(image_dir, n), pid, len(train_rows) + i) for i, (n, pid) in enumerate(test_rows)]
+    test: list[Item] = [(_vehicleid_image(image_dir, n), pid, None) for n, pid in test_rows]
     _require_files(test, split_dir / f"test_list_{test_size}.txt")
-    import numpy as np
-
     query_idx, gallery_idx = vehicleid_gallery_split(np.array([pid for _, pid, _ in test]), draw)
     return Dataset(
         name=f"vehicleid-{test_size}",
@@ -227,7 +223,7 @@ def read_vehicleid(root: Path, test_size: int = 800, draw: int = 0) -> Dataset:
         train=train,
         query=[test[i] for i in query_idx],
         gallery=[test[i] for i in gallery_idx],
-        has_cameras=False,
+        test=test,
     )
 
 
@@ -242,8 +238,8 @@ _SPLITS = ("train", "query", "gallery")
 def read_manifest(path: Path) -> Dataset:
     """Read a CSV manifest: ``path,split,pid,camid``; paths are relative to the CSV's folder.
 
-    ``pid`` empty or -1 marks an unlabelled training image.  Without a ``camid`` column every distinct
-    file is its own camera, so evaluation removes no true match (only a query's own file in the gallery).
+    ``pid`` empty or -1 marks an unlabelled training image.  Without a ``camid`` column the cameras
+    are unknown (None): evaluation removes no true match, only a query's own file in the gallery.
     """
     path = Path(path)
     if path.is_dir():
@@ -262,7 +258,6 @@ def read_manifest(path: Path) -> Dataset:
         rows = list(reader)
     base = path.parent
     splits: dict[str, list[Item]] = {s: [] for s in _SPLITS}
-    file_cams: dict[str, int] = {}
     for lineno, row in enumerate(rows, 2):
         row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
         split = row["split"].lower()
@@ -278,6 +273,7 @@ def read_manifest(path: Path) -> Dataset:
             raise DatasetError(f"{path}:{lineno}: pid must be an integer or empty, got {pid_text!r}") from None
         if pid < 0 and split != "train":
             raise DatasetError(f"{path}:{lineno}: {split} images must carry a pid")
+        cam: int | None = None
         if has_cams and row.get("camid", "") != "":
             try:
                 cam = int(row["camid"])
@@ -285,8 +281,6 @@ def read_manifest(path: Path) -> Dataset:
                 raise DatasetError(f"{path}:{lineno}: camid must be an integer, got {row['camid']!r}") from None
         elif has_cams:
             raise DatasetError(f"{path}:{lineno}: camid is empty; fill it for every row or drop the column")
-        else:
-            cam = file_cams.setdefault(str(image), len(file_cams))
         splits[split].append((str(image), pid, cam))
     if not splits["train"] and not splits["query"]:
         raise DatasetError(f"{path}: the manifest lists no images")
@@ -296,23 +290,21 @@ def read_manifest(path: Path) -> Dataset:
         train=relabel_train(splits["train"]),
         query=splits["query"],
         gallery=splits["gallery"],
-        has_cameras=has_cams,
     )
 
 
-def _folder_split(folder: Path, labelled: bool, cams: dict[str, int]) -> list[tuple[str, str | None, int]]:
-    """(path, identity folder name or None for a loose training image, camera) of one split."""
-    items: list[tuple[str, str | None, int]] = []
+def _folder_split(folder: Path, labelled: bool) -> list[tuple[str, str | None]]:
+    """(path, identity folder name or None for a loose training image) of one split."""
+    items: list[tuple[str, str | None]] = []
     for pid_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
-        for image in list_images(pid_dir):
-            items.append((str(image), pid_dir.name, cams.setdefault(str(image), len(cams))))
+        items.extend((str(image), pid_dir.name) for image in list_images(pid_dir))
     loose = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     if loose:
         if labelled:
             raise DatasetError(
                 f"{loose[0]}: query/gallery images must sit in one sub-folder per identity ({folder}/<id>/...)"
             )
-        items.extend((str(p), None, cams.setdefault(str(p), len(cams))) for p in sorted(loose))
+        items.extend((str(p), None) for p in sorted(loose))
     return items
 
 
@@ -324,17 +316,16 @@ def _folder_split(folder: Path, labelled: bool, cams: dict[str, int]) -> list[tu
 def read_image_folder(root: Path) -> Dataset:
     """Identities are sub-folder names; training images directly in ``train/`` are unlabelled.
 
-    Image folders carry no camera information, so every image is its own camera.
+    Image folders carry no camera information: every camera is unknown (None).
     """
     require_dirs(root, _SPLITS, "image folder layout (train/, query/, gallery/, one sub-folder per identity)")
-    cams: dict[str, int] = {}
-    raw = {s: _folder_split(root / s, s != "train", cams) for s in _SPLITS}
+    raw = {s: _folder_split(root / s, s != "train") for s in _SPLITS}
     # Sub-folder names become identities: numeric names keep their value, other names get an index.
-    names = sorted({pid for items in raw.values() for _, pid, _ in items if pid is not None})
+    names = sorted({pid for items in raw.values() for _, pid in items if pid is not None})
     numeric = all(n.isdigit() for n in names)
     ids = {n: (int(n) if numeric else i) for i, n in enumerate(names)}
-    split_items = {
-        s: [(p, ids[pid] if pid is not None else -1, c) for p, pid, c in items] for s, items in raw.items()
+    split_items: dict[str, list[Item]] = {
+        s: [(p, ids[pid] if pid is not None else -1, None) for p, pid in items] for s, items in raw.items()
     }
     if not split_items["train"]:
         raise DatasetError(f"image folder layout: no training images under {root / 'train'}")
@@ -344,7 +335,6 @@ def read_image_folder(root: Path) -> Dataset:
         train=relabel_train(split_items["train"]),
         query=split_items["query"],
         gallery=split_items["gallery"],
-        has_cameras=False,
     )
 
 

@@ -20,8 +20,9 @@ def read_image(path: str) -> Image.Image:
 
 
 class ImageDataset(TorchDataset):
-    """Items -> ``(image tensor, pid, camid, index)``; the index is the item's position in the list,
-    which for the training list is its memory slot."""
+    """Items -> ``(image tensor, pid, index)``; the index is the item's position in the list, which
+    for the training list is its memory slot. Cameras stay in the item lists (they may be None,
+    which a batch cannot hold); nothing downstream of the loader needs them."""
 
     def __init__(self, items: Sequence[Item], transform: Callable | None = None, cache: bool = False) -> None:
         self.items = list(items)
@@ -34,7 +35,7 @@ class ImageDataset(TorchDataset):
         return len(self.items)
 
     def __getitem__(self, index: int):
-        path, pid, camid = self.items[index]
+        path, pid, _ = self.items[index]
         if self._cache is None:
             image = read_image(path)
         else:
@@ -43,7 +44,7 @@ class ImageDataset(TorchDataset):
                 image = self._cache[index] = read_image(path)
         if self.transform is not None:
             image = self.transform(image)
-        return image, pid, camid, index
+        return image, pid, index
 
 
 def verify_images(items: Sequence[Item]) -> None:

@@ -18,6 +18,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
+from spcl.data.base import camera_codes
+
 __all__ = ["RandomMultipleGallerySampler"]
 
 
@@ -26,7 +28,8 @@ class RandomMultipleGallerySampler(Sampler[int]):
 
     ``pids`` are the training labels: true identities for the source domain, pseudo labels
     (clusters then one class per un-clustered instance) for the target. Samples with a negative
-    label are skipped, as the reference does for unlabelled images. ``camids`` are the cameras.
+    label are skipped, as the reference does for unlabelled images. ``camids`` are the cameras
+    (None: unknown, a camera of its own).
 
     The stream of one pass is derived from ``(seed, epoch, pass_index)``; ``set_epoch`` selects
     the epoch and restarts the pass counter, and every further ``iter()`` in the same epoch (a
@@ -36,7 +39,7 @@ class RandomMultipleGallerySampler(Sampler[int]):
     def __init__(
         self,
         pids: Sequence[int] | np.ndarray,
-        camids: Sequence[int] | np.ndarray,
+        camids: Sequence[int | None] | np.ndarray,
         num_instances: int = 4,
         seed: int = 0,
         epoch: int = 0,
@@ -47,7 +50,7 @@ class RandomMultipleGallerySampler(Sampler[int]):
         so large that one pass is shorter than a batch (where the reference's loader stalls)."""
         self.min_length = int(min_length)
         pids_arr = np.asarray(pids, dtype=np.int64).reshape(-1)
-        cams_arr = np.asarray(camids, dtype=np.int64).reshape(-1)
+        cams_arr = camera_codes(np.asarray(camids, dtype=object).reshape(-1))
         if pids_arr.shape != cams_arr.shape:
             raise ValueError(
                 f"pids and camids must have the same length, got {pids_arr.size} and {cams_arr.size}"

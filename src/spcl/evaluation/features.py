@@ -11,9 +11,11 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from spcl.data import ImageDataset, Item
+from spcl.utils import progress as show_progress
+
+__all__ = ["extract_features"]
 
 
 @torch.no_grad()
@@ -36,7 +38,7 @@ def extract_features(
     model.eval()
     chunks = []
     try:
-        for images, _, _, _ in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        for images, _, _ in show_progress(loader, desc, total=len(loader), enabled=progress):
             chunks.append(model(images.to(device, non_blocking=True)).float().cpu())
     finally:
         model.train(was_training)

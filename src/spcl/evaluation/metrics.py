@@ -1,445 +1,93 @@
-"""Re-ID ranking metrics, exact and in bounded memory (SPEC section 8).
+"""Re-ID ranking metrics, exact and in bounded memory (SPEC section 8): the public functions.
 
-Protocol (Market-1501 style). For each query the gallery is ranked by distance; gallery items with
-the query's identity *and* camera are removed, and so is any gallery entry that is the query's own
-file; AP is the mean of the precision at each remaining true match (non-interpolated AP, what re-ID
-toolkits report); mAP averages AP over the queries that have at least one valid match; CMC rank-k is
-the share of those queries whose first valid match is in the top k. Cameras may be ``None`` (data
-without cameras, e.g. VehicleID or a manifest without ``camid``): every image is then its own camera
-and the filter removes nothing but a query's own file.
+Protocol (Market-1501 style, ``spcl.evaluation.protocol``). For each query the gallery is ranked
+by distance; gallery items with the query's identity *and* camera are removed, and so is any
+gallery entry that is the query's own file; AP is the mean of the precision at each remaining true
+match (non-interpolated AP, what re-ID toolkits report); mAP averages AP over the queries that have
+at least one valid match; CMC rank-k is the share of those queries whose first valid match is in
+the top k. A camera of None is unknown: the image is its own camera and the filter removes
+nothing but a query's own file.
 
-Tie rule. The ranking is the stable sort by (distance, gallery index): among gallery items at
-exactly the same distance, the one listed first in the gallery ranks first. It is what
-``np.argsort(row, kind="stable")`` gives, it never depends on sort luck, and it is the order
-:func:`ranked_gallery` returns, so the metrics and the ranked lists a user looks at agree.
-Exact float32 ties between a true match and a negative do occur (about one true match in 200 in
-the MSMT17-sized benchmark), so the rule matters in the last digits.
+The ranking is exact, in blocks of queries, and never holds the query x gallery matrix or any
+argsort of it (``spcl.evaluation.ranking``); ties are broken by gallery index.
 
-Algorithm. No row is argsorted and no query x gallery matrix is held: queries are processed in
-blocks. The position of a true match m in the valid ranking of its query is
-
-    (#true matches before m) + (#valid negatives before m),
-
-and #valid negatives before m = #gallery items with a smaller distance (binary search of m's
-distance in the *sorted values* of the row) - #items of the query's identity or own file with a
-smaller distance (a handful, known in advance), plus a tie correction that runs only where a
-negative has exactly m's distance. Sorting values (numpy's vectorised sort, threaded over rows) is
-about 3x faster than an argsort and needs no index array; everything else costs O(matches) per
-query. Tests compare every output with a plain-loop reference.
+Two forms of each function: ``metrics_from_features`` / ``metrics_from_distances`` /
+``ranked_gallery`` take the two sides as ``ImageSet`` values; ``evaluate_features`` and
+``rank_metrics`` take the same values as separate arrays.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TypedDict
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-Array = np.ndarray | torch.Tensor
-Device = str | torch.device | None
+from spcl.evaluation.protocol import Array, ImageSet, Protocol
+from spcl.evaluation.ranking import (
+    METRICS,
+    Device,
+    FeatureBlocks,
+    RankMetrics,
+    as_tensor,
+    block_rows,
+    check_topk,
+    device_of,
+    score_blocks,
+)
 
-METRICS = ("cosine", "euclidean")
-# Rows per block are chosen so that one query x gallery block of distances takes about this much
-# memory; a block exists twice at once (distances and their sorted copy).
-BLOCK_BYTES = 256 * 2**20
-_EPS = 1e-12  # as torch.nn.functional.normalize: a zero feature has cosine similarity 0
-
-
-class RankMetrics(TypedDict):
-    """Result of :func:`rank_metrics` / :func:`evaluate_features` (all arrays are numpy)."""
-
-    mAP: float  # mean AP over valid queries, in 0..1
-    cmc: np.ndarray  # float64 (topk,): cmc[k - 1] = share of valid queries with a hit in the top k
-    ap: np.ndarray  # float64 (num_query,): AP per query, NaN where the query has no valid match
-    first_match_rank: np.ndarray  # int64 (num_query,): 1-based rank of the first valid match, -1 if none
-    num_matches: np.ndarray  # int64 (num_query,): valid true matches per query
-    valid: np.ndarray  # bool (num_query,): the query has at least one valid match
-    num_valid_queries: int
-
-
-# --------------------------------------------------------------------------------------------
-# Input checks
-# --------------------------------------------------------------------------------------------
-
-
-def _as_1d(values: Array | Sequence, name: str, length: int | None = None) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu().numpy()
-    array = np.asarray(values)
-    if array.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
-    if length is not None and len(array) != length:
-        raise ValueError(f"{name} has {len(array)} entries, expected {length} (one per row/column)")
-    return array
+__all__ = [
+    "METRICS",
+    "ImageSet",
+    "RankMetrics",
+    "evaluate_features",
+    "format_metrics",
+    "metrics_from_distances",
+    "metrics_from_features",
+    "pairwise_distance",
+    "rank_metrics",
+    "ranked_gallery",
+]
 
 
-def _encode_pair(query: np.ndarray, gallery: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Map query and gallery labels (ints or strings) to shared int64 codes."""
-    try:
-        _, codes = np.unique(np.concatenate([query, gallery]), return_inverse=True)
-    except TypeError as error:
-        raise ValueError(f"{name} must be comparable labels of one kind (ints or strings): {error}") from None
-    codes = codes.astype(np.int64).reshape(-1)
-    return codes[: len(query)], codes[len(query) :]
-
-
-def _check_topk(topk: int) -> None:
-    if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
-        raise ValueError(f"topk must be a positive integer, got {topk!r}")
-
-
-def _check_metric(metric: str) -> None:
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
-
-
-def _tensor(values: Array | Sequence) -> torch.Tensor:
-    """A tensor sharing memory with `values` where possible (numpy views with negative strides and
-    nested lists are copied; lists keep float64)."""
-    if isinstance(values, torch.Tensor):
-        return values.detach()
-    array = np.asarray(values)
-    if any(stride < 0 for stride in array.strides):
-        array = np.ascontiguousarray(array)
-    return torch.from_numpy(array)
-
-
-def _as_features(values: Array, name: str, device: torch.device) -> torch.Tensor:
-    tensor = _tensor(values)
-    if tensor.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (num_images, dim) array, got shape {tuple(tensor.shape)}")
-    if tensor.shape[0] == 0 or tensor.shape[1] == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(tensor.shape)}): nothing to evaluate")
-    if tensor.dtype not in (torch.float32, torch.float64):
-        tensor = tensor.to(torch.float32)
-    return tensor.to(device).contiguous()
-
-
-def _resolve_device(device: Device, *arrays: Array) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    for array in arrays:
-        if isinstance(array, torch.Tensor):
-            return array.device
-    return torch.device("cpu")
-
-
-def _block_rows(block_size: int | None, num_columns: int, itemsize: int) -> int:
-    if block_size is None:
-        return max(1, BLOCK_BYTES // max(1, num_columns * itemsize))
-    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
-        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
-    return int(block_size)
-
-
-# --------------------------------------------------------------------------------------------
-# Which gallery items are not valid negatives for a query
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Protocol:
-    """The per-query sets the Market-1501 filter needs, built once in O(num_query + num_gallery).
-
-    For a query, the "related" gallery items are those with its identity plus its own file(s): they
-    are the only items that are not valid negatives. Each is either a valid true match or removed.
-    """
-
-    query_pids: np.ndarray
-    query_camids: np.ndarray | None
-    gallery_camids: np.ndarray | None
-    gallery_order: np.ndarray  # gallery indices sorted by (pid code, index)
-    gallery_sorted_pids: np.ndarray
-    rank_in_pid: np.ndarray  # position of each gallery item within its pid group
-    gallery_pids: np.ndarray
-    own_query: np.ndarray  # (query, gallery) pairs where the gallery entry is the query's own file
-    own_gallery: np.ndarray
-
-    @classmethod
-    def build(
-        cls,
-        num_query: int,
-        num_gallery: int,
-        query_pids: Array | Sequence | None,
-        gallery_pids: Array | Sequence | None,
-        query_camids: Array | Sequence | None,
-        gallery_camids: Array | Sequence | None,
-        query_paths: Sequence[str | os.PathLike] | None,
-        gallery_paths: Sequence[str | os.PathLike] | None,
-    ) -> _Protocol:
-        if (query_pids is None) != (gallery_pids is None):
-            raise ValueError("give both query_pids and gallery_pids, or neither")
-        if query_pids is None:  # no identities: nothing matches, only own files are removed
-            qp = np.arange(num_query, dtype=np.int64)
-            gp = np.arange(num_query, num_query + num_gallery, dtype=np.int64)
-        else:
-            qp, gp = _encode_pair(
-                _as_1d(query_pids, "query_pids", num_query),
-                _as_1d(gallery_pids, "gallery_pids", num_gallery),
-                "pids",
-            )
-        if (query_camids is None) != (gallery_camids is None):
-            raise ValueError(
-                "give both query_camids and gallery_camids, or None for both (data without cameras: "
-                "every image is its own camera and no true match is removed)"
-            )
-        qc = gc = None
-        if query_camids is not None:
-            qc, gc = _encode_pair(
-                _as_1d(query_camids, "query_camids", num_query),
-                _as_1d(gallery_camids, "gallery_camids", num_gallery),
-                "camids",
-            )
-        if (query_paths is None) != (gallery_paths is None):
-            raise ValueError("give both query_paths and gallery_paths, or neither")
-        own_q = own_g = np.zeros(0, dtype=np.int64)
-        if query_paths is not None:
-            if len(query_paths) != num_query or len(gallery_paths) != num_gallery:
-                raise ValueError(
-                    f"query_paths/gallery_paths have {len(query_paths)}/{len(gallery_paths)} entries, "
-                    f"expected {num_query}/{num_gallery}"
-                )
-            where: dict[str, list[int]] = {}
-            for j, path in enumerate(gallery_paths):
-                where.setdefault(os.path.normpath(os.fspath(path)), []).append(j)
-            pairs = [
-                (i, j)
-                for i, path in enumerate(query_paths)
-                for j in where.get(os.path.normpath(os.fspath(path)), ())
-            ]
-            if pairs:
-                own_q, own_g = (np.asarray(column, dtype=np.int64) for column in zip(*pairs))
-        order = np.argsort(gp, kind="stable")
-        sorted_pids = gp[order]
-        group_start = np.searchsorted(sorted_pids, sorted_pids, side="left")
-        rank_in_pid = np.empty(num_gallery, dtype=np.int64)
-        rank_in_pid[order] = np.arange(num_gallery) - group_start
-        return cls(qp, qc, gc, order, sorted_pids, rank_in_pid, gp, own_q, own_g)
-
-    def related(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
-        """Padded (B, K) gallery indices (-1 = padding) related to queries start..end-1, and
-        whether each is a valid true match (else it is removed from the ranking)."""
-        qp = self.query_pids[start:end]
-        lo = np.searchsorted(self.gallery_sorted_pids, qp, side="left")
-        count = np.searchsorted(self.gallery_sorted_pids, qp, side="right") - lo
-        width = int(count.max()) if len(count) else 0
-        slot = np.arange(width)
-        inside = slot[None, :] < count[:, None]
-        index = self.gallery_order[np.minimum(lo[:, None] + slot[None, :], len(self.gallery_order) - 1)]
-        index = np.where(inside, index, -1)
-        match = inside.copy()
-        if self.query_camids is not None:
-            match &= self.gallery_camids[np.maximum(index, 0)] != self.query_camids[start:end, None]
-        in_block = (self.own_query >= start) & (self.own_query < end)
-        if in_block.any():
-            rows = self.own_query[in_block] - start
-            own = self.own_gallery[in_block]
-            same_pid = self.gallery_pids[own] == qp[rows]
-            match[rows[same_pid], self.rank_in_pid[own[same_pid]]] = False
-            rows, own = rows[~same_pid], own[~same_pid]
-            if len(rows):  # own file listed under another identity: append it as a removed item
-                first = np.searchsorted(rows, rows, side="left")  # rows are sorted (pairs built in order)
-                column = np.arange(len(rows)) - first
-                extra = np.full((end - start, int(column.max()) + 1), -1, dtype=np.int64)
-                extra[rows, column] = own
-                index = np.concatenate([index, extra], axis=1)
-                match = np.concatenate([match, np.zeros(extra.shape, dtype=bool)], axis=1)
-        return index, match
-
-
-# --------------------------------------------------------------------------------------------
-# The exact ranking of one block of queries
-# --------------------------------------------------------------------------------------------
-
-
-class _Counter:
-    """For each row of a distance block and each of a few values: how many items of the row are
-    strictly below the value, and how many are at or below it. The row's values are sorted once,
-    then binary searched.
-
-    On CPU: numpy's vectorised sort and searchsorted, rows split over threads (numpy releases the
-    GIL), into one reused buffer (a fresh block-sized allocation costs its page faults every time).
-    numpy rather than torch: torch's small ops each hand work to its thread pool, which costs
-    milliseconds per call on a busy machine. Elsewhere (or without a pool): torch.sort and
-    torch.searchsorted on the block's device.
-    """
-
-    def __init__(self, pool: ThreadPoolExecutor | None, threads: int = 1) -> None:
-        self.pool, self.threads = pool, threads
-        self.buffer: np.ndarray | None = None
-
-    def __call__(self, block: torch.Tensor, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(below, at_or_below) of shape values.shape, and per row whether it is all finite."""
-        if self.pool is None or block.device.type != "cpu":
-            ordered = torch.sort(block, dim=1).values  # NaN last
-            queries = torch.as_tensor(values, device=block.device)
-            below = torch.searchsorted(ordered, queries, side="left").cpu().numpy()
-            at_or_below = torch.searchsorted(ordered, queries, side="right").cpu().numpy()
-            finite = (torch.isfinite(ordered[:, 0]) & torch.isfinite(ordered[:, -1])).cpu().numpy()
-            return below, at_or_below, finite
-        source = block.numpy()
-        buffer = self.buffer
-        fits = buffer is not None and buffer.dtype == source.dtype and buffer.shape[1] == source.shape[1]
-        if not fits or len(buffer) < len(source):
-            buffer = self.buffer = np.empty(source.shape, dtype=source.dtype)
-        below = np.empty(values.shape, dtype=np.int64)
-        at_or_below = np.empty(values.shape, dtype=np.int64)
-        finite = np.empty(len(source), dtype=bool)
-
-        def count_rows(lo: int, hi: int) -> None:
-            ordered = buffer[lo:hi]
-            ordered[...] = source[lo:hi]
-            ordered.sort(axis=1)  # NaN last
-            finite[lo:hi] = np.isfinite(ordered[:, 0]) & np.isfinite(ordered[:, -1])
-            for row in range(lo, hi):
-                below[row] = np.searchsorted(buffer[row], values[row], side="left")
-                at_or_below[row] = np.searchsorted(buffer[row], values[row], side="right")
-
-        bounds = np.linspace(0, len(source), max(1, min(self.threads, len(source))) + 1).astype(int)
-        list(self.pool.map(count_rows, bounds[:-1], bounds[1:]))
-        return below, at_or_below, finite
-
-
-def _gather(block: torch.Tensor, index: np.ndarray) -> np.ndarray:
-    if block.device.type == "cpu":
-        return np.take_along_axis(block.numpy(), index, axis=1)
-    return block.gather(1, torch.as_tensor(index, device=block.device)).cpu().numpy()
-
-
-def _tied_before(block: torch.Tensor, rows: np.ndarray, values: np.ndarray, gallery_index: np.ndarray) -> np.ndarray:
-    """For each (row, value, index): #gallery items of the row with exactly that value and a smaller
-    gallery index. Only needed for true matches tied with a negative: one match in a few hundred
-    with float32 distances at MSMT17 size; every match when all distances are equal (then it costs
-    a scan of half a row per true match)."""
-    if block.device.type != "cpu":
-        return _tied_before_vectorised(block, rows, values, gallery_index)
-    data = block.numpy()
-    counts = [np.count_nonzero(data[r, :i] == v) for r, v, i in zip(rows, values, gallery_index)]
-    return np.asarray(counts, dtype=np.int64)
-
-
-def _tied_before_vectorised(
-    block: torch.Tensor, rows: np.ndarray, values: np.ndarray, gallery_index: np.ndarray, chunk: int = 64
-) -> np.ndarray:
-    """:func:`_tied_before` for accelerators: whole-row comparisons, `chunk` pairs at a time."""
-    device = block.device
-    rows_t = torch.as_tensor(rows, device=device)
-    values_t = torch.as_tensor(values, device=device)
-    index_t = torch.as_tensor(gallery_index, device=device)
-    positions = torch.arange(block.shape[1], device=device)
-    counts = torch.empty(len(rows), dtype=torch.long, device=device)
-    for lo in range(0, len(rows), chunk):
-        hi = lo + chunk
-        tied = block[rows_t[lo:hi]] == values_t[lo:hi, None]
-        tied &= positions[None, :] < index_t[lo:hi, None]
-        counts[lo:hi] = tied.sum(dim=1)
-    return counts.cpu().numpy()
-
-
-def _rank_block(
-    block: torch.Tensor, related: np.ndarray, is_match: np.ndarray, counter: _Counter
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per query row of `block`: AP, 0-based position of the first valid match (-1 if none), number
-    of valid matches, and whether the row's distances are all finite; under the stable
-    (distance, gallery index) order."""
-    num_rows, num_gallery = block.shape
-    # each row's related items in (distance, gallery index) order; padding (index -1) last
-    index = np.where(related < 0, num_gallery, related)
-    order = np.argsort(index, axis=1, kind="stable")
-    index, match = np.take_along_axis(index, order, 1), np.take_along_axis(is_match, order, 1)
-    pad = index == num_gallery
-    values = _gather(block, np.minimum(index, num_gallery - 1))
-    values[pad] = np.inf
-    order = np.argsort(values, axis=1, kind="stable")
-    index, match, values = (np.take_along_axis(a, order, 1) for a in (index, match, values))
-
-    below, at_or_below, finite = counter(block, values)
-    # runs of equal distance among the related items: columns run_start .. run_end - 1
-    column = np.arange(values.shape[1])
-    new_run = np.ones(values.shape, dtype=bool)
-    new_run[:, 1:] = values[:, 1:] != values[:, :-1]
-    run_start = np.maximum.accumulate(np.where(new_run, column, 0), axis=1)
-    run_ends = np.ones(values.shape, dtype=bool)
-    run_ends[:, :-1] = new_run[:, 1:]
-    run_end = np.minimum.accumulate(np.where(run_ends, column + 1, len(column))[:, ::-1], axis=1)[:, ::-1]
-    negatives_before = below - run_start
-    tied_negatives = (at_or_below - below) - (run_end - run_start)
-    rows, cols = np.nonzero(match & (tied_negatives > 0) & finite[:, None])
-    if len(rows):
-        # the row count includes the related items tied before this one: columns run_start .. col - 1
-        tied = _tied_before(block, rows, values[rows, cols], index[rows, cols])
-        negatives_before[rows, cols] += tied - (cols - run_start[rows, cols])
-
-    matches_before = np.cumsum(match, axis=1) - match
-    position = matches_before + negatives_before  # 0-based position in the valid ranking
-    num_matches = match.sum(axis=1)
-    precision = np.where(match, (matches_before + 1) / (position + 1), 0.0)
-    with np.errstate(invalid="ignore"):
-        ap = precision.sum(axis=1) / num_matches  # 0 / 0 = NaN for queries without a valid match
-    first = np.where(match, position, num_gallery).min(axis=1, initial=num_gallery)
-    first[num_matches == 0] = -1
-    return ap, first, num_matches, finite
-
-
-def _evaluate_blocks(
-    blocks: Iterator[tuple[int, int, torch.Tensor]],
-    protocol: _Protocol,
-    num_query: int,
-    topk: int,
-    what: str,
-    timings: dict[str, float] | None,
+def metrics_from_distances(
+    distmat: Array,
+    query: ImageSet,
+    gallery: ImageSet,
+    topk: int = 50,
+    *,
+    block_size: int | None = None,
+    device: Device = None,
 ) -> RankMetrics:
-    ap = np.empty(num_query, dtype=np.float64)
-    first = np.empty(num_query, dtype=np.int64)
-    num_matches = np.empty(num_query, dtype=np.int64)
-    threads = max(1, torch.get_num_threads())
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        counter = _Counter(pool, threads)
-        tic = time.perf_counter()
-        for start, end, block in blocks:
-            if timings is not None:
-                timings["distances"] = timings.get("distances", 0.0) + time.perf_counter() - tic
-                tic = time.perf_counter()
-            related, is_match = protocol.related(start, end)
-            ap[start:end], first[start:end], num_matches[start:end], finite = _rank_block(
-                block, related, is_match, counter
-            )
-            if not finite.all():
-                row = start + int(np.flatnonzero(~finite)[0])
-                raise ValueError(f"NaN or inf in {what} (query row {row}): check the features or distances")
-            del block  # before the next block is computed: one block alive at a time
-            if timings is not None:
-                timings["ranking"] = timings.get("ranking", 0.0) + time.perf_counter() - tic
-            tic = time.perf_counter()
-    valid = num_matches > 0
-    num_valid = int(valid.sum())
-    if num_valid == 0:
-        raise ValueError(
-            "no query has a valid true match in the gallery (every identity is missing from the gallery "
-            "or seen only by the query's own camera): check the split, the identities and the cameras "
-            "(data without cameras must pass camids=None)"
-        )
-    hist = np.bincount(np.minimum(first[valid], topk), minlength=topk + 1)[:topk]
-    return RankMetrics(
-        mAP=float(ap[valid].mean()),
-        cmc=np.cumsum(hist) / num_valid,
-        ap=ap,
-        first_match_rank=np.where(valid, first + 1, -1),
-        num_matches=num_matches,
-        valid=valid,
-        num_valid_queries=num_valid,
-    )
+    """mAP, CMC and per-query AP / first-match rank from a (num_query, num_gallery) distance matrix.
 
+    ``query`` and ``gallery`` give the pids, cameras and paths (their features are not used).
+    Rows are ranked in blocks of `block_size` queries, on `device` (default: where `distmat` is).
+    """
+    check_topk(topk)
+    device = device_of(device, distmat)
+    dist = as_tensor(distmat)
+    if dist.ndim != 2:
+        raise ValueError(f"distmat must be 2-D (num_query, num_gallery), got shape {tuple(dist.shape)}")
+    num_query, num_gallery = dist.shape
+    if num_query == 0 or num_gallery == 0:
+        raise ValueError(f"distmat is empty (shape {tuple(dist.shape)}): nothing to evaluate")
+    if not dist.is_floating_point():
+        dist = dist.to(torch.float64)
+    elif dist.dtype not in (torch.float32, torch.float64):
+        dist = dist.to(torch.float32)  # exact for half types: the order is unchanged
+    protocol = Protocol.build(query, gallery, num_query, num_gallery)
+    rows = block_rows(block_size, num_gallery, dist.element_size())
 
-# --------------------------------------------------------------------------------------------
-# Public API
-# --------------------------------------------------------------------------------------------
+    def blocks() -> Iterator[tuple[int, int, torch.Tensor]]:
+        for start in range(0, num_query, rows):
+            end = min(start + rows, num_query)
+            yield start, end, dist[start:end].to(device).contiguous()
+
+    return score_blocks(blocks(), protocol, num_query, topk, "distmat", None)
 
 
 def rank_metrics(
@@ -455,118 +103,42 @@ def rank_metrics(
     block_size: int | None = None,
     device: Device = None,
 ) -> RankMetrics:
-    """mAP, CMC and per-query AP / first-match rank from a (num_query, num_gallery) distance matrix.
+    """:func:`metrics_from_distances` with the two sides as separate arrays.
 
     Camids are required positionally so that forgetting them cannot silently keep same-camera
     matches; pass ``None`` for both when the data has no cameras. With paths, a gallery entry that
-    is the query's own file never counts. Rows are ranked in blocks of `block_size` queries.
+    is the query's own file never counts.
     """
-    _check_topk(topk)
-    device = _resolve_device(device, distmat)
-    dist = _tensor(distmat)
-    if dist.ndim != 2:
-        raise ValueError(f"distmat must be 2-D (num_query, num_gallery), got shape {tuple(dist.shape)}")
-    num_query, num_gallery = dist.shape
-    if num_query == 0 or num_gallery == 0:
-        raise ValueError(f"distmat is empty (shape {tuple(dist.shape)}): nothing to evaluate")
-    if not dist.is_floating_point():
-        dist = dist.to(torch.float64)
-    elif dist.dtype not in (torch.float32, torch.float64):
-        dist = dist.to(torch.float32)  # exact for half types: the order is unchanged
-    protocol = _Protocol.build(
-        num_query, num_gallery, query_pids, gallery_pids, query_camids, gallery_camids, query_paths, gallery_paths
-    )
-    rows = _block_rows(block_size, num_gallery, dist.element_size())
-
-    def blocks() -> Iterator[tuple[int, int, torch.Tensor]]:
-        for start in range(0, num_query, rows):
-            end = min(start + rows, num_query)
-            yield start, end, dist[start:end].to(device).contiguous()
-
-    return _evaluate_blocks(blocks(), protocol, num_query, topk, "distmat", None)
+    query = ImageSet(pids=query_pids, camids=query_camids, paths=query_paths)
+    gallery = ImageSet(pids=gallery_pids, camids=gallery_camids, paths=gallery_paths)
+    return metrics_from_distances(distmat, query, gallery, topk, block_size=block_size, device=device)
 
 
-@dataclass
-class _Features:
-    """Query and gallery features on the evaluation device, with the per-row norm terms the
-    distances need (computed once; they also reveal NaN / inf rows in O(rows))."""
-
-    query: torch.Tensor
-    gallery: torch.Tensor
-    query_term: torch.Tensor  # cosine: 1 / |q|; euclidean: |q|^2
-    gallery_term: torch.Tensor
-    metric: str
-
-    @classmethod
-    def build(cls, query_features: Array, gallery_features: Array, metric: str, device: Device) -> _Features:
-        _check_metric(metric)
-        device = _resolve_device(device, query_features, gallery_features)
-        query = _as_features(query_features, "query_features", device)
-        gallery = _as_features(gallery_features, "gallery_features", device)
-        if query.shape[1] != gallery.shape[1]:
-            raise ValueError(
-                f"query and gallery features differ in dimension ({query.shape[1]} vs {gallery.shape[1]}): "
-                "were they produced by the same model?"
-            )
-        dtype = torch.promote_types(query.dtype, gallery.dtype)
-        query, gallery = query.to(dtype), gallery.to(dtype)
-        terms = []
-        for name, features in (("query_features", query), ("gallery_features", gallery)):
-            if metric == "cosine":
-                term = 1.0 / torch.linalg.vector_norm(features, dim=1).clamp_min(_EPS)
-            else:  # squared norms in chunks of rows: no feature-sized temporary
-                term = torch.cat([(chunk * chunk).sum(dim=1) for chunk in features.split(4096)])
-            bad = ~torch.isfinite(term) if metric == "euclidean" else torch.isnan(term) | (term == 0)
-            if bool(bad.any()):
-                row = int(bad.nonzero()[0, 0])
-                raise ValueError(
-                    f"{name} contains NaN or inf, or values too large for {dtype} (first in row {row}): "
-                    "check the model's outputs"
-                )
-            terms.append(term)
-        return cls(query, gallery, terms[0], terms[1], metric)
-
-    def rows(self, block_size: int | None) -> int:
-        return _block_rows(block_size, len(self.gallery), self.gallery.element_size())
-
-    def distances(self, start: int, end: int, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Distances of queries start..end-1 to the whole gallery, in place after one matmul (into
-        `out`'s first rows when given): cosine = 1 - <q, g> / (|q| |g|);
-        euclidean = sqrt(max(|q|^2 + |g|^2 - 2 <q, g>, 0))."""
-        if out is None:
-            product = self.query[start:end] @ self.gallery.T
-        else:
-            product = torch.matmul(self.query[start:end], self.gallery.T, out=out[: end - start])
-        if self.metric == "cosine":
-            product.mul_(self.query_term[start:end, None]).mul_(self.gallery_term[None, :])
-            return product.neg_().add_(1.0)
-        product.mul_(-2.0).add_(self.query_term[start:end, None]).add_(self.gallery_term[None, :])
-        return product.clamp_min_(0.0).sqrt_()
-
-    def blocks(self, block_size: int | None, reuse: bool = False) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """Distance blocks in query order. With `reuse`, every block is written into the same
-        memory: the consumer must be done with a block before it asks for the next one."""
-        rows = min(self.rows(block_size), len(self.query))
-        out = None
-        if reuse:
-            out = torch.empty((rows, len(self.gallery)), dtype=self.gallery.dtype, device=self.gallery.device)
-        for start in range(0, len(self.query), rows):
-            end = min(start + rows, len(self.query))
-            yield start, end, self.distances(start, end, out)
-
-
-def pairwise_distance(
-    query_features: Array,
-    gallery_features: Array,
+def metrics_from_features(
+    query: ImageSet,
+    gallery: ImageSet,
     metric: str = "cosine",
+    topk: int = 50,
     *,
     block_size: int | None = None,
     device: Device = None,
-) -> torch.Tensor:
-    """The full (num_query, num_gallery) distance matrix that :func:`evaluate_features` ranks, for
-    small problems, re-ranking and tests (the same arithmetic, block by block)."""
-    features = _Features.build(query_features, gallery_features, metric, device)
-    return torch.cat([block for _, _, block in features.blocks(block_size)])
+    timings: dict[str, float] | None = None,
+) -> RankMetrics:
+    """:func:`metrics_from_distances` straight from the two sides' features, one block of queries
+    at a time, so that neither the full distance matrix nor any argsort is ever held.
+
+    `metric` is "cosine" (1 - cosine similarity; features need not be normalised) or "euclidean".
+    `device` (default: where the features are) runs the matmul and the ranking there, e.g. "cuda".
+    `block_size` queries per block (default: about 256 MiB of distances). If `timings` is a dict, the
+    seconds spent computing distances and ranking are added to its "distances" and "ranking" keys
+    (on an accelerator the split is approximate: kernels run asynchronously).
+    """
+    check_topk(topk)
+    features = FeatureBlocks.build(query.features, gallery.features, metric, device)
+    num_query, num_gallery = len(features.query), len(features.gallery)
+    protocol = Protocol.build(query, gallery, num_query, num_gallery)
+    blocks = features.blocks(block_size, reuse=True)
+    return score_blocks(blocks, protocol, num_query, topk, "the distances", timings)
 
 
 def evaluate_features(
@@ -585,42 +157,38 @@ def evaluate_features(
     device: Device = None,
     timings: dict[str, float] | None = None,
 ) -> RankMetrics:
-    """:func:`rank_metrics` straight from features, one block of queries at a time, so that neither
-    the full distance matrix nor any argsort is ever held.
+    """:func:`metrics_from_features` with the two sides as separate arrays (camids None for both
+    when the data has no cameras)."""
+    query = ImageSet(query_features, query_pids, query_camids, query_paths)
+    gallery = ImageSet(gallery_features, gallery_pids, gallery_camids, gallery_paths)
+    return metrics_from_features(query, gallery, metric, topk, block_size=block_size, device=device, timings=timings)
 
-    `metric` is "cosine" (1 - cosine similarity; features need not be normalised) or "euclidean".
-    `device` (default: where the features are) runs the matmul and the ranking there, e.g. "cuda".
-    `block_size` queries per block (default: about 256 MiB of distances). If `timings` is a dict, the
-    seconds spent computing distances and ranking are added to its "distances" and "ranking" keys
-    (on an accelerator the split is approximate: kernels run asynchronously).
-    """
-    _check_topk(topk)
-    features = _Features.build(query_features, gallery_features, metric, device)
-    num_query, num_gallery = len(features.query), len(features.gallery)
-    protocol = _Protocol.build(
-        num_query, num_gallery, query_pids, gallery_pids, query_camids, gallery_camids, query_paths, gallery_paths
-    )
-    blocks = features.blocks(block_size, reuse=True)
-    return _evaluate_blocks(blocks, protocol, num_query, topk, "the distances", timings)
+
+def pairwise_distance(
+    query_features: Array,
+    gallery_features: Array,
+    metric: str = "cosine",
+    *,
+    block_size: int | None = None,
+    device: Device = None,
+) -> torch.Tensor:
+    """The full (num_query, num_gallery) distance matrix that :func:`evaluate_features` ranks, for
+    small problems, re-ranking and tests (the same arithmetic, block by block)."""
+    features = FeatureBlocks.build(query_features, gallery_features, metric, device)
+    return torch.cat([block for _, _, block in features.blocks(block_size)])
 
 
 def ranked_gallery(
-    query_features: Array,
-    gallery_features: Array,
+    query: ImageSet,
+    gallery: ImageSet,
     k: int = 10,
     metric: str = "cosine",
     *,
-    query_pids: Array | Sequence | None = None,
-    gallery_pids: Array | Sequence | None = None,
-    query_camids: Array | Sequence | None = None,
-    gallery_camids: Array | Sequence | None = None,
-    query_paths: Sequence[str | os.PathLike] | None = None,
-    gallery_paths: Sequence[str | os.PathLike] | None = None,
     block_size: int | None = None,
     device: Device = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k gallery indices and distances per query, in the metrics' order (distance, then gallery
-    index), for visualising ranked lists. Computed in blocks of queries.
+    index), for visualising ranked lists. Computed in blocks of queries from the sides' features.
 
     With pids and camids (and/or paths), the items the protocol removes (same identity and camera,
     the query's own file) are left out, so the list is the one the metrics scored. Where fewer than
@@ -628,14 +196,12 @@ def ranked_gallery(
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
-    features = _Features.build(query_features, gallery_features, metric, device)
+    features = FeatureBlocks.build(query.features, gallery.features, metric, device)
     num_query, num_gallery = len(features.query), len(features.gallery)
-    exclude = query_pids is not None or query_paths is not None or gallery_pids is not None or gallery_paths is not None
+    sides = (query.pids, query.paths, gallery.pids, gallery.paths)
     protocol = None
-    if exclude:
-        protocol = _Protocol.build(
-            num_query, num_gallery, query_pids, gallery_pids, query_camids, gallery_camids, query_paths, gallery_paths
-        )
+    if any(side is not None for side in sides):
+        protocol = Protocol.build(query, gallery, num_query, num_gallery)
     width = min(k, num_gallery)
     indices = np.full((num_query, k), -1, dtype=np.int64)
     distances = np.full((num_query, k), np.inf, dtype=np.float64)
@@ -664,8 +230,17 @@ def ranked_gallery(
     return indices, distances
 
 
-def format_metrics(result: RankMetrics, ranks: Sequence[int] = (1, 5, 10)) -> str:
-    """One log line: mAP and CMC at the given ranks, in percent."""
-    parts = [f"mAP {100 * result['mAP']:.1f}%"]
-    parts += [f"rank-{r} {100 * result['cmc'][r - 1]:.1f}%" for r in ranks if r <= len(result["cmc"])]
-    return "  ".join(parts) + f"  ({result['num_valid_queries']} queries)"
+def format_metrics(result: Mapping[str, Any], ranks: Sequence[int] = (1, 5, 10)) -> str:
+    """One log line: mAP and CMC at the given ranks, in percent; for the VehicleID protocol also the
+    spread over its gallery draws."""
+    cmc = result["cmc"]
+    if "draw_mAP" in result:  # averaged over gallery draws
+        spread = result["cmc_std"]
+        parts = [f"mAP {100 * result['mAP']:.1f}% ± {100 * result['mAP_std']:.1f}"]
+        parts += [f"rank-{r} {100 * cmc[r - 1]:.1f}% ± {100 * spread[r - 1]:.1f}" for r in ranks if r <= len(cmc)]
+        count = f"{len(result['draw_mAP'])} draws, {result['num_identities']} identities, {result['num_query']} queries each"
+    else:
+        parts = [f"mAP {100 * result['mAP']:.1f}%"]
+        parts += [f"rank-{r} {100 * cmc[r - 1]:.1f}%" for r in ranks if r <= len(cmc)]
+        count = f"{result['num_valid_queries']} queries"
+    return "  ".join(parts) + f"  ({count})"

@@ -9,8 +9,8 @@ distance 1 - s / (2 - s) with s = sum of minima; final = (1 - lambda) jaccard + 
 
 Here the joint matrix is never held: one pass over its upper tiles (it is symmetric) keeps,
 per row, the k1 + 1 nearest points and the largest distance, and writes the query x gallery
-distances straight into the output. The k-reciprocal machinery is the sparse one of ``spcl.pseudo_labels.jaccard``;
-only the q x g result is dense.
+distances straight into the output. The k-reciprocal machinery is the sparse one the pseudo
+labels use (``spcl.neighbors``); only the q x g result is dense.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from spcl.pseudo_labels.jaccard import (
+from spcl.neighbors.kreciprocal import (
     cross_min_overlap_blocks,
     encoding_weights,
     half_k,
     k_reciprocal_sets,
     query_expansion,
 )
-from spcl.pseudo_labels.neighbors import TileVisitor, as_unit_features, pair_similarities, symmetric_search
+from spcl.neighbors.search import TileVisitor, as_unit_features, pair_similarities, symmetric_search
 
 __all__ = ["re_rank"]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from spcl.models.backbones import (
     BACKBONES,
     IBN,
+    Pretrained,
     PretrainedWeightsError,
     available_backbones,
     build_backbone,
@@ -14,18 +15,14 @@ from spcl.models.backbones import (
 )
 from spcl.models.dsbn import (
     DomainSpecificBatchNorm,
-    SubBatchNorm1d,
-    SubBatchNorm2d,
-    SubBatchNorm3d,
     convert_bn,
     convert_dsbn,
-    get_images_per_bn,
     num_bn_domains,
     set_domain,
-    set_images_per_bn,
     use_domain,
 )
 from spcl.models.encoder import Encoder, GeM, build_encoder
+from spcl.models.images_per_bn import SubBatchNorm1d, SubBatchNorm2d, get_images_per_bn, set_images_per_bn
 
 __all__ = [
     "BACKBONES",
@@ -33,10 +30,10 @@ __all__ = [
     "DomainSpecificBatchNorm",
     "Encoder",
     "GeM",
+    "Pretrained",
     "PretrainedWeightsError",
     "SubBatchNorm1d",
     "SubBatchNorm2d",
-    "SubBatchNorm3d",
     "available_backbones",
     "build_backbone",
     "build_encoder",

@@ -18,12 +18,13 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from spcl.config import PseudoLabelConfig
+from spcl.neighbors.search import as_unit_features, search_unit
 from spcl.pseudo_labels.clustering import check_radii, cluster_three_radii
 from spcl.pseudo_labels.jaccard import jaccard_from_neighbors
-from spcl.pseudo_labels.neighbors import as_unit_features, search_unit
 from spcl.pseudo_labels.reliability import cluster_reliability, independence_threshold, self_paced_labels
 
-__all__ = ["PseudoLabels", "generate", "labels_from_jaccard"]
+__all__ = ["PseudoLabels", "generate", "generate_with", "labels_from_jaccard"]
 
 
 @dataclass(frozen=True)
@@ -150,17 +151,38 @@ def generate(
     string, "Flat" exact). Everything else runs on the CPU in memory linear in the number of
     stored pairs. ``result.timings`` holds the seconds spent in each stage.
     """
-    check_radii(eps, eps_gap)
-    _check_settings(k1, k2, min_samples, alpha)
+    settings = PseudoLabelConfig(
+        eps=eps, eps_gap=eps_gap, k1=k1, k2=k2, min_samples=min_samples, self_paced=self_paced,
+        knn_backend=knn_backend, faiss_index=faiss_index,  # type: ignore[arg-type]
+    )
+    return generate_with(features, settings, alpha, device=device)
+
+
+def generate_with(
+    features: Any,
+    settings: PseudoLabelConfig,
+    alpha: float | None = None,
+    *,
+    device: torch.device | str | None = None,
+) -> PseudoLabels:
+    """:func:`generate` with its settings as one value: the ``pseudo`` section of a run's config.
+
+    A setting added to the config reaches the algorithm without touching its callers.
+    ``settings.discard_outliers`` is not used here: it decides what the trainer does with the
+    un-clustered samples, not how they are found.
+    """
+    s = settings
+    check_radii(s.eps, s.eps_gap)
+    _check_settings(s.k1, s.k2, s.min_samples, alpha)
     clock = time.perf_counter()
     unit = as_unit_features(features, device)
-    ranks, _ = search_unit(unit, k1, backend=knn_backend, faiss_index=faiss_index)
+    ranks, _ = search_unit(unit, s.k1, backend=s.knn_backend, faiss_index=s.faiss_index)
     knn_seconds = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    distances = jaccard_from_neighbors(unit, ranks, k1, k2)
+    distances = jaccard_from_neighbors(unit, ranks, s.k1, s.k2)
     del ranks, unit
     jaccard_seconds = time.perf_counter() - clock
 
-    result = labels_from_jaccard(distances, eps, eps_gap, min_samples, alpha, self_paced=self_paced)
+    result = labels_from_jaccard(distances, s.eps, s.eps_gap, s.min_samples, alpha, self_paced=s.self_paced)
     return replace(result, timings={"knn": knn_seconds, "jaccard": jaccard_seconds, **result.timings})

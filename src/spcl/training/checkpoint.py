@@ -1,9 +1,16 @@
 """Self-describing checkpoints, written atomically and read with ``weights_only=True``.
 
-A checkpoint carries what is needed to rebuild the model without the training config at hand
-(architecture, feature size, BN domains, preprocessing) and what is needed to resume exactly
-(optimizer, scheduler, memory, alpha, epoch, RNG state), plus fingerprints of the training lists so a
-resume on different data is refused instead of silently mixing memory slots.
+A checkpoint is a dict of plain values and tensors:
+
+- ``format_version``;
+- ``model``: the description of the encoder (architecture, feature size, BN domains, images per
+  BN, preprocessing), enough to rebuild it without the training config (:func:`build_model`);
+- ``config``: the run's effective config; ``fingerprints``: hashes of the training lists, so a
+  resume on different data is refused instead of silently mixing memory slots;
+- one entry per checkpointable part of the trainer, each that part's ``state_dict()``:
+  ``state_dict`` (the encoder's weights), ``optimizer``, ``scheduler``, ``memory``, ``labels``
+  (the pseudo-label stage: alpha), ``trainer`` (epoch, best, whether the memory is initialised)
+  and ``rng``. Format 1 kept the trainer's values as top-level keys; it still loads.
 """
 
 from __future__ import annotations
@@ -18,8 +25,21 @@ from torch import nn
 
 from spcl.config import Config, ModelConfig, load_config
 from spcl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from spcl.models import Pretrained, build_encoder, convert_dsbn, set_images_per_bn
 
-FORMAT_VERSION = 1
+__all__ = [
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "build_model",
+    "config_of",
+    "describe_model",
+    "load_checkpoint",
+    "load_model",
+    "save_checkpoint",
+]
+
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 class CheckpointError(ValueError):
@@ -43,6 +63,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint's dict, read without unpickling code; any other file is a ``CheckpointError``."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
@@ -50,7 +71,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
-    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+    if not isinstance(state, dict) or state.get("format_version") not in READABLE_VERSIONS:
         found = state.get("format_version") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(
             f"{path} is not an spcl checkpoint of format {FORMAT_VERSION} (found {found!r})"
@@ -58,15 +79,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def model_description(model_cfg: ModelConfig, out_features: int, bn_domains: int, height: int, width: int) -> dict:
+def describe_model(model: ModelConfig, bn_domains: int, height: int, width: int) -> dict[str, Any]:
+    """The description a checkpoint carries of its encoder, from the run's model settings.
+
+    ``out_features`` depends on the backbone and is None here; the trainer records it once the
+    encoder exists (:func:`build_model` does not need it).
+    """
     return {
-        "arch": model_cfg.arch,
-        "features": model_cfg.features,
-        "out_features": out_features,
-        "pooling": model_cfg.pooling,
-        "dropout": model_cfg.dropout,
+        "arch": model.arch,
+        "features": model.features,
+        "out_features": None,
+        "pooling": model.pooling,
+        "dropout": model.dropout,
         "bn_domains": bn_domains,
-        "images_per_bn": model_cfg.images_per_bn,
+        "images_per_bn": model.images_per_bn,
         "preprocessing": {
             "height": height,
             "width": width,
@@ -77,10 +103,15 @@ def model_description(model_cfg: ModelConfig, out_features: int, bn_domains: int
     }
 
 
-def build_model(description: dict[str, Any], pretrained: bool | str = False) -> nn.Module:
-    """Rebuild the encoder a checkpoint describes (weights are loaded by the caller)."""
-    from spcl.models import build_encoder, convert_dsbn, set_images_per_bn
+def build_model(
+    description: dict[str, Any], pretrained: Pretrained = False, *, freeze_dsbn_neck_bias: bool = False
+) -> nn.Module:
+    """The encoder a description names: backbone and neck, DSBN, images per BN (weights are loaded
+    by the caller). The trainer builds its model through this function too.
 
+    ``freeze_dsbn_neck_bias`` matters for training only: False reproduces the reference, where
+    converting to DSBN makes the neck's bias trainable (SPEC section 5).
+    """
     model = build_encoder(
         description["arch"],
         pretrained=pretrained,
@@ -89,13 +120,13 @@ def build_model(description: dict[str, Any], pretrained: bool | str = False) -> 
         dropout=description["dropout"],
     )
     if description["bn_domains"] > 1:
-        convert_dsbn(model, num_domains=description["bn_domains"])
+        convert_dsbn(model, num_domains=description["bn_domains"], keep_requires_grad=freeze_dsbn_neck_bias)
     set_images_per_bn(model, description["images_per_bn"] or None)
     return model
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """The trained encoder of a checkpoint, in eval mode, and the checkpoint's description."""
+    """The trained encoder of a checkpoint, in eval mode, and the checkpoint's dict."""
     state = load_checkpoint(path)
     model = build_model(state["model"])
     model.load_state_dict(state["state_dict"])
@@ -103,6 +134,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
 
 
 def config_of(state: dict[str, Any]) -> Config:
+    """The config of the run that wrote a checkpoint."""
     return load_config(overrides=_flatten(state["config"]))
 
 
@@ -114,88 +146,3 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[prefix + key] = value
     return out
-
-
-def evaluate_checkpoint(
-    checkpoint: str | Path,
-    dataset: str,
-    data_root: str = "data",
-    rerank: bool = False,
-    test_source: bool = False,
-    device: str = "auto",
-    output: str | Path | None = None,
-    batch_size: int = 128,
-    workers: int = 2,
-    **options: Any,
-) -> dict[str, Any]:
-    """Evaluate a checkpoint on a dataset's query/gallery split; print and save the results."""
-    from spcl.data import load
-    from spcl.data.transforms import build_test_transform
-    from spcl.models import use_domain
-    from spcl.training.trainer import evaluate_model, resolve_device
-
-    dev = resolve_device(device)
-    model, state = load_model(checkpoint, dev)
-    prep = state["model"]["preprocessing"]
-    data = load(dataset, data_root, **options)
-    transform = build_test_transform(prep["height"], prep["width"])
-    if data.name.startswith("vehicleid-"):
-        return _evaluate_vehicleid(model, data, transform, dev, batch_size, workers, test_source)
-    with use_domain(model, 0 if test_source else -1):
-        result = evaluate_model(
-            model, data, transform, dev, batch_size=batch_size, workers=workers, rerank=rerank,
-        )
-    out_dir = Path(output) if output else Path(checkpoint).parent / f"eval-{data.name}"
-    save_per_query(result, out_dir, data)
-    print(format_result(result, f"{Path(checkpoint).name} on {data.name}" + (" (re-ranked)" if rerank else "")))
-    print(f"per-query results: {out_dir / 'per_query.csv'}")
-    return result
-
-
-def format_result(result: dict[str, Any], title: str) -> str:
-    cmc = result["cmc"]
-    ranks = "  ".join(f"rank-{k}: {100 * cmc[k - 1]:.1f}" for k in (1, 5, 10) if k <= len(cmc))
-    return f"{title}: mAP {100 * result['mAP']:.1f}  {ranks}"
-
-
-def save_per_query(result: dict[str, Any], folder: str | Path, data: Any) -> None:
-    """One row per query: its file, identity, AP and the rank of its first true match (for ranked-list views)."""
-    import csv
-
-    import numpy as np
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    ap = np.asarray(result.get("ap", []))
-    first = np.asarray(result.get("first_match_rank", []))
-    tmp = folder / ".per_query.csv.tmp"
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["query", "pid", "camid", "ap", "first_match_rank"])
-        for i, (path, pid, cam) in enumerate(data.query):
-            a = ap[i] if i < len(ap) else float("nan")
-            r = int(first[i]) if i < len(first) else -1
-            writer.writerow([path, pid, cam, f"{a:.6f}", r])
-    os.replace(tmp, folder / "per_query.csv")
-
-
-def _evaluate_vehicleid(model, data, transform, device, batch_size: int, workers: int, test_source: bool) -> dict:
-    """The VehicleID protocol: 10 seeded gallery draws over the whole test list, mean and spread."""
-    import numpy as np
-
-    from spcl.evaluation import evaluate_vehicleid
-    from spcl.evaluation.features import extract_features
-    from spcl.models import use_domain
-
-    # the reader numbers VehicleID "cameras" by test-list position, so sorting restores the list
-    test = sorted(data.query + data.gallery, key=lambda item: item[2])
-    with use_domain(model, 0 if test_source else -1):
-        feats = extract_features(model, test, transform, device, batch_size, workers, "test features")
-    result = evaluate_vehicleid(feats, np.array([p for _, p, _ in test]), device=device)
-    cmc, std = result["cmc"], result["cmc_std"]
-    print(
-        f"{data.name} ({result['num_identities']} identities, 10 draws): mAP {100 * result['mAP']:.1f} "
-        f"+- {100 * result['mAP_std']:.1f}  rank-1 {100 * cmc[0]:.1f} +- {100 * std[0]:.1f}  "
-        f"rank-5 {100 * cmc[4]:.1f} +- {100 * std[4]:.1f}"
-    )
-    return dict(result)

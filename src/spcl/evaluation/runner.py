@@ -1,0 +1,106 @@
+"""Evaluating an encoder on a dataset (SPEC section 8), as the trainer and ``spcl eval`` both do.
+
+One function chooses the protocol the dataset calls for: the fixed query / gallery split of the
+Market-1501 family, or the VehicleID draws (a dataset with a ``test`` list: one gallery image per
+identity, averaged over 10 seeded draws). The results are written next to the run (one row per
+query, or one per draw) and formatted as one log line.
+
+Opening a checkpoint file is not done here: ``spcl.training.load_model`` rebuilds the encoder a
+checkpoint describes, with the preprocessing it records; ``spcl.inference.evaluate_checkpoint``
+chains the two.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from spcl.data import Dataset, Item
+from spcl.evaluation.features import extract_features
+from spcl.evaluation.metrics import format_metrics, metrics_from_distances, metrics_from_features
+from spcl.evaluation.protocol import ImageSet
+from spcl.evaluation.reranking import re_rank
+from spcl.evaluation.vehicleid import vehicleid_metrics
+from spcl.models import use_domain
+
+__all__ = ["evaluate_model", "format_result", "save_results"]
+
+
+def evaluate_model(
+    model: nn.Module,
+    data: Dataset,
+    transform: Callable,
+    device: torch.device | str,
+    *,
+    domain: int = -1,
+    rerank: bool = False,
+    batch_size: int = 128,
+    workers: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """mAP / CMC of ``model`` on ``data``'s test images through BN branch ``domain`` (-1: the
+    target, 0: the source of a DSBN model; ignored without DSBN).
+
+    ``transform`` is the test preprocessing (the one a checkpoint records). ``rerank`` applies
+    k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3) to the query x gallery distances.
+    """
+    with use_domain(model, domain):
+        if data.test:
+            features = extract_features(model, data.test, transform, device, batch_size, workers, "test features", progress)
+            pids = np.array([pid for _, pid, _ in data.test])
+            return dict(vehicleid_metrics(features, pids, rerank=rerank, device=device))
+        if not data.query or not data.gallery:
+            raise ValueError(f"{data.name} has no query/gallery split to evaluate on")
+        items = data.query + data.gallery
+        features = extract_features(model, items, transform, device, batch_size, workers, "eval features", progress)
+    query = ImageSet.from_items(data.query, features[: len(data.query)])
+    gallery = ImageSet.from_items(data.gallery, features[len(data.query) :])
+    if rerank:
+        return dict(metrics_from_distances(re_rank(query.features, gallery.features), query, gallery))
+    return dict(metrics_from_features(query, gallery, "cosine", device=device))
+
+
+def format_result(result: Mapping[str, Any], title: str) -> str:
+    """The log line of an evaluation: ``title: mAP ...  rank-1 ...``."""
+    return f"{title}: {format_metrics(result)}"
+
+
+def save_results(result: Mapping[str, Any], folder: str | Path, queries: list[Item]) -> Path:
+    """Write the evaluation next to the run: ``per_query.csv`` (one row per query: file, identity,
+    camera, AP and the rank of its first true match, for ranked-list views) or, for a protocol that
+    averages gallery draws, ``draws.csv`` (one row per draw). Returns the file written."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if "draw_mAP" in result:
+        cmc = np.asarray(result["draw_cmc"])
+        header = ["draw", "mAP", *(f"rank{k}" for k in (1, 5, 10) if k <= cmc.shape[1])]
+        rows = [
+            [d, f"{m:.6f}", *(f"{cmc[d, k - 1]:.6f}" for k in (1, 5, 10) if k <= cmc.shape[1])]
+            for d, m in enumerate(result["draw_mAP"])
+        ]
+        return _write_csv(folder / "draws.csv", header, rows)
+    ap = np.asarray(result.get("ap", []))
+    first = np.asarray(result.get("first_match_rank", []))
+    rows = []
+    for i, (path, pid, cam) in enumerate(queries):
+        a = ap[i] if i < len(ap) else float("nan")
+        r = int(first[i]) if i < len(first) else -1
+        rows.append([path, pid, "" if cam is None else cam, f"{a:.6f}", r])
+    return _write_csv(folder / "per_query.csv", ["query", "pid", "camid", "ap", "first_match_rank"], rows)
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,41 @@
+"""Nearest neighbours and the k-reciprocal encoding (SPEC sections 6 and 8).
+
+The neutral home of what the pseudo labels (``spcl.pseudo_labels``) and the evaluation's
+re-ranking (``spcl.evaluation.re_rank``) share: exact tiled k-nearest-neighbour search of
+L2-normalised features (faiss optional), and the sparse k-reciprocal sets, their softmax
+encoding, the local query expansion and the sums of minima behind the Jaccard distance.
+"""
+
+from __future__ import annotations
+
+from spcl.neighbors.kreciprocal import (
+    cross_min_overlap_blocks,
+    encoding_weights,
+    half_k,
+    k_reciprocal_sets,
+    query_expansion,
+    upper_min_overlap,
+)
+from spcl.neighbors.search import (
+    as_unit_features,
+    canonical_order,
+    nearest_neighbors,
+    pair_similarities,
+    search_unit,
+    symmetric_search,
+)
+
+__all__ = [
+    "as_unit_features",
+    "canonical_order",
+    "cross_min_overlap_blocks",
+    "encoding_weights",
+    "half_k",
+    "k_reciprocal_sets",
+    "nearest_neighbors",
+    "pair_similarities",
+    "query_expansion",
+    "search_unit",
+    "symmetric_search",
+    "upper_min_overlap",
+]

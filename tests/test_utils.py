@@ -1,0 +1,70 @@
+"""Run-time helpers: progress output for terminals and log files, named seed streams, devices."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from spcl.utils import RngStream, derive_seed, progress, resolve_device
+from spcl.utils.progress import Progress
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_log_file_gets_no_line_per_iteration() -> None:
+    log = io.StringIO()
+    bar = progress(range(1000), "epoch 1/3", stream=log)
+    for _ in bar:
+        bar.set_postfix(loss="1.234")
+    assert list(progress(range(5), "x", stream=log)) == list(range(5))
+    assert log.getvalue() == ""  # a short phase writes nothing, and never a carriage return
+
+
+def test_a_long_phase_writes_a_plain_line_per_interval() -> None:
+    log = io.StringIO()
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 10.0  # every iteration takes 10 s
+        return now[0]
+
+    bar = Progress(range(60), "epoch 2/50", total=None, stream=log, interval=120.0, clock=clock)
+    for _ in bar:
+        bar.set_postfix(loss="0.500")
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 5  # 600 s in 120 s steps, the last one at the end of the phase
+    assert lines[0] == "epoch 2/50: 12/60 (20%), 2m00s elapsed, about 8m00s left, loss=0.500"
+    assert lines[-1].startswith("epoch 2/50: 60/60 (100%), 10m00s elapsed")
+    assert "\r" not in log.getvalue()
+
+
+def test_a_terminal_gets_a_bar_and_disabled_gets_nothing() -> None:
+    tty = _Terminal()
+    assert list(progress(range(3), "features", stream=tty)) == [0, 1, 2]
+    assert "features" in tty.getvalue()
+    quiet = _Terminal()
+    silent = progress(range(3), "features", enabled=False, stream=quiet)
+    silent.set_postfix(loss=1)
+    assert list(silent) == [0, 1, 2] and quiet.getvalue() == ""
+
+
+def test_seed_streams_are_distinct_and_stable() -> None:
+    # the values are part of every run's results: they must not change between versions
+    assert derive_seed(1, RngStream.MODEL_INIT) == derive_seed(1, -1)
+    seeds = {derive_seed(1, s) for s in RngStream}
+    assert len(seeds) == len(RngStream)
+    assert all(0 <= s < 2**63 for s in seeds)
+    assert derive_seed(1, RngStream.SOURCE_SAMPLER, 3) != derive_seed(1, RngStream.SOURCE_SAMPLER, 4)
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA"):
+            resolve_device("cuda")
