@@ -77,6 +77,7 @@ class _SubBatchNorm(_BatchNorm):
                 self.running_var.lerp_(variances.mean(0), factor)
         return out
 
+
 class SubBatchNorm1d(_SubBatchNorm, nn.BatchNorm1d):
     """``nn.BatchNorm1d`` normalising sub-batches of ``images_per_bn`` separately in training."""
 

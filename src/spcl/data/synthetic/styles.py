@@ -95,6 +95,11 @@ class Style:
     camera_popularity: float  # spread of how often each camera sees an identity
 
 
+def lerp(a: float, b: float, t: float) -> float:
+    """a at t = 0, b at t = 1: effects scale with the target's strength setting."""
+    return a + (b - a) * t
+
+
 def _weights(names: tuple[str, ...], high: set[str], w_high: float, w_low: float) -> dict[str, float]:
     return {n: (w_high if n in high else w_low) for n in names}
 
@@ -144,7 +149,3 @@ def domain_style(domain: str, config: SynthConfig) -> Style:
         view_bias=lerp(0.0, 0.5, min(s, 1.6)),
         camera_popularity=lerp(0.2, 0.6, min(s, 1.5)),
     )
-
-
-def lerp(a: float, b: float, t: float) -> float:
-    return a + (b - a) * t
