@@ -178,7 +178,7 @@ def test_hooks_extend_and_replace_the_stages(data_root: Path, tmp_path: Path) ->
 def test_checkpoint_holds_the_checkpointable_parts_once(data_root: Path, tmp_path: Path) -> None:
     trainer = _run(_config(data_root, tmp_path / "parts", **{"optim.epochs": 1, "eval.every": 0}))
     state = load_checkpoint(tmp_path / "parts" / "last.pth")
-    assert set(state) == {"format_version", "model", "config", "fingerprints"} | set(trainer.checkpointables())
+    assert set(state) == {"format_version", "model", "config", "fingerprints", "checksum"} | set(trainer.checkpointables())
     # the target labels live in the memory's label table only
     assert "target_labels" not in state and (trainer.memory.labels.cpu() == state["memory"]["labels"]).all()
 

@@ -43,6 +43,7 @@ _ALIASES: dict[str, tuple[str, Any]] = {
     "--device": ("device", None),
     "--output": ("output", None),
     "--no-resume": ("resume", False),
+    "--checkpoint-every": ("checkpoint_every", None),
 }
 
 
@@ -155,7 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spcl", description="Self-paced contrastive learning for unsupervised and domain-adaptive re-ID."
     )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_parser = sub.add_parser
+
+    def add_command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return add_parser(name, parents=[common], **kwargs)
+
+    sub.add_parser = add_command  # type: ignore[method-assign]
 
     p = sub.add_parser("demo", help="generate the synthetic data, train source-only and SpCL on CPU, print a table")
     p.add_argument("--data-root", default="data")
@@ -202,11 +213,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from spcl.data import DatasetError
-
+    """Run one command; errors end in one readable line and exit status 2 (``--debug``: the
+    traceback), a run stopped by SIGTERM / SIGINT in 143 / 130 after its checkpoint."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (DatasetError, FileNotFoundError, ValueError) as exc:
-        print(f"spcl {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"spcl {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001  (turned into a message, or re-raised below)
+        from spcl.training.hooks import TrainingInterrupted
+
+        if isinstance(exc, TrainingInterrupted):
+            return 128 + exc.signal
+        if args.debug:
+            raise
+        message, known = describe_error(exc)
+        print(f"spcl {args.command}: error: {message}", file=sys.stderr)
+        if not known:
+            print("  (an unexpected error: run the command again with --debug for the traceback)", file=sys.stderr)
+        return 2 if known else 1
+
+
+def describe_error(exc: BaseException) -> tuple[str, bool]:
+    """One line for an error, and whether it is one of the expected kinds (bad input, missing files,
+    no memory, no disk) rather than a defect."""
+    import errno
+
+    import torch
+    import yaml
+
+    if isinstance(exc, torch.OutOfMemoryError) or isinstance(exc, MemoryError):
+        detail = str(exc).splitlines()[0] if str(exc) else "the device is out of memory"
+        return (f"{detail}. Lower --eval.batch_size (feature extraction) or --batch-size (training), or use "
+                "--device cpu for what does not fit the accelerator", True)
+    if isinstance(exc, KeyError):  # unknown architecture or dataset option
+        return (str(exc.args[0]) if exc.args else repr(exc)), True
+    if isinstance(exc, yaml.YAMLError):
+        return " ".join(str(exc).split()), True
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+        reason = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        return (f"{reason}: {exc.filename}" if exc.filename else reason), True
+    if isinstance(exc, (ValueError, FileNotFoundError, RuntimeError)):
+        known = type(exc).__module__.startswith("spcl") or type(exc) in (ValueError, FileNotFoundError)
+        return " ".join(str(exc).split()) or type(exc).__name__, known
+    return f"{type(exc).__name__}: {exc}", False

@@ -122,18 +122,69 @@ class Config:
     device: str = "auto"
     output: str = "runs/spcl"
     resume: bool = True
-    """Continue from <output>/last.pth when it exists and matches this config's data."""
+    """Continue from <output>/last.pth when it exists and holds this same run."""
+    checkpoint_every: int = 1000
+    """Also write last.pth every this many iterations within an epoch (0: at epoch ends only);
+    1000 is a few minutes of GPU work for ResNet-50."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.mode in ("uda", "source-only") and not self.data.source:
             raise ValueError(f"mode {self.mode!r} needs a labelled source dataset (data.source / --source)")
+        for key, value, valid, expected in self._ranges():
+            if not valid:
+                raise ValueError(f"{key} must be {expected}, got {value!r}")
         if self.optim.batch_size % self.data.num_instances:
             raise ValueError(
                 f"optim.batch_size ({self.optim.batch_size}) must be a multiple of "
                 f"data.num_instances ({self.data.num_instances})"
             )
+        ipb = self.model.images_per_bn
+        if ipb and (ipb > self.optim.batch_size or self.optim.batch_size % ipb):
+            raise ValueError(
+                f"model.images_per_bn ({ipb}) must divide optim.batch_size ({self.optim.batch_size}) so that "
+                "every BatchNorm sees as many images as the reference's GPUs did (0: the whole batch)"
+            )
+
+    def _ranges(self) -> list[tuple[str, Any, bool, str]]:
+        """(field, value, whether it is valid, what is expected) of every bounded setting."""
+        d, m, mem, p, o, e = self.data, self.model, self.memory, self.pseudo, self.optim, self.eval
+        probability = "a probability in [0, 1]"
+        return [
+            ("data.height", d.height, d.height >= 16, "at least 16 pixels"),
+            ("data.width", d.width, d.width >= 16, "at least 16 pixels"),
+            ("data.workers", d.workers, d.workers >= 0, ">= 0"),
+            ("data.num_instances", d.num_instances, d.num_instances >= 1, ">= 1"),
+            ("data.padding", d.padding, d.padding >= 0, ">= 0"),
+            ("data.flip_p", d.flip_p, 0.0 <= d.flip_p <= 1.0, probability),
+            ("data.erasing_p", d.erasing_p, 0.0 <= d.erasing_p <= 1.0, probability),
+            ("data.vehicleid_test_size", d.vehicleid_test_size, d.vehicleid_test_size in (800, 1600, 2400),
+             "800, 1600 or 2400"),
+            ("model.features", m.features, m.features >= 0, ">= 0 (0: the backbone's width)"),
+            ("model.dropout", m.dropout, 0.0 <= m.dropout < 1.0, "in [0, 1)"),
+            ("model.images_per_bn", m.images_per_bn, m.images_per_bn == 0 or m.images_per_bn >= 2,
+             "0 (the whole batch) or at least 2 (BatchNorm needs two images)"),
+            ("memory.temp", mem.temp, mem.temp > 0, "> 0"),
+            ("memory.momentum", mem.momentum, 0.0 <= mem.momentum < 1.0, "in [0, 1)"),
+            ("pseudo.eps", p.eps, 0.0 < p.eps < 1.0, "in (0, 1): a Jaccard distance"),
+            ("pseudo.eps_gap", p.eps_gap, p.eps_gap >= 0, ">= 0"),
+            ("pseudo.eps +- pseudo.eps_gap", f"{p.eps} +- {p.eps_gap}", 0.0 < p.eps - p.eps_gap and p.eps + p.eps_gap < 1.0,
+             "inside (0, 1): DBSCAN runs at eps - eps_gap, eps and eps + eps_gap on a distance in [0, 1]"),
+            ("pseudo.k1", p.k1, p.k1 >= 1, ">= 1"),
+            ("pseudo.k2", p.k2, p.k2 >= 1, ">= 1"),
+            ("pseudo.min_samples", p.min_samples, p.min_samples >= 1, ">= 1"),
+            ("optim.lr", o.lr, o.lr > 0, "> 0"),
+            ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, ">= 0"),
+            ("optim.epochs", o.epochs, o.epochs >= 1, ">= 1"),
+            ("optim.iters", o.iters, o.iters >= 0, ">= 0 (0: the reference's rule)"),
+            ("optim.step_size", o.step_size, o.step_size >= 1, ">= 1 epoch"),
+            ("optim.gamma", o.gamma, 0.0 < o.gamma <= 1.0, "in (0, 1]"),
+            ("optim.batch_size", o.batch_size, o.batch_size >= 1, ">= 1"),
+            ("eval.every", e.every, e.every >= 0, ">= 0 (0: after the last epoch only)"),
+            ("eval.batch_size", e.batch_size, e.batch_size >= 1, ">= 1"),
+            ("checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 0, ">= 0 (0: at epoch ends only)"),
+        ]
 
     @property
     def uses_source(self) -> bool:
@@ -260,7 +311,13 @@ def preset_path(name: str | Path) -> Path:
 
 def read_preset(name: str | Path) -> dict[str, Any]:
     path = preset_path(name)
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"{path}: not valid YAML{where}: {problem}") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of config fields at the top level")
     return values

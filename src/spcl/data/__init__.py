@@ -6,7 +6,10 @@ layout of a folder or a CSV manifest.  New readers plug in with ``register_datas
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from spcl.data import datasets as _datasets  # noqa: F401  (registers the built-in readers)
 from spcl.data.base import (
@@ -38,6 +41,25 @@ __all__ = [
 _DETECT_ORDER = ("veri", "folder", "market-style")
 
 
+def _check_options(name: str, reader: Callable[..., Dataset], options: dict[str, Any]) -> None:
+    """An option the reader does not take is a clear error, not a TypeError from inside it."""
+    parameters = inspect.signature(reader).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    accepted = [n for n in list(parameters)[1:]]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        takes = f"its options are {', '.join(accepted)}" if accepted else "it takes no options"
+        raise DatasetError(f"option {', '.join(unknown)} does not apply to the dataset {name} ({takes})")
+
+
+def _read_as(name: str, path: Path, options: dict[str, Any]) -> Dataset:
+    entry = get_reader(name)
+    assert entry is not None
+    _check_options(name, entry.reader, options)
+    return entry.reader(path, **options)
+
+
 def load(name_or_path: str | Path, root: str | Path | None = None, **options) -> Dataset:
     """Read a dataset by registered name (from ``root``, default ``data``) or by path.
 
@@ -48,19 +70,20 @@ def load(name_or_path: str | Path, root: str | Path | None = None, **options) ->
     entry = get_reader(key)
     if entry is not None:
         data_root = Path(root) if root is not None else Path("data")
+        _check_options(key, entry.reader, options)
         return entry.reader(data_root.expanduser(), **options)
     path = Path(key).expanduser()
     if root is not None and not path.is_absolute() and not path.exists():
         path = Path(root) / path
     if path.is_file() and path.suffix.lower() == ".csv":
-        return get_reader("manifest").reader(path, **options)  # type: ignore[union-attr]
+        return _read_as("manifest", path, options)
     if path.is_dir():
         if (path / "manifest.csv").is_file():
-            return get_reader("manifest").reader(path / "manifest.csv", **options)  # type: ignore[union-attr]
+            return _read_as("manifest", path / "manifest.csv", options)
         found = detect_layouts(path)
         for name in _DETECT_ORDER + tuple(sorted(found)):
             if name in found:
-                return get_reader(name).reader(path, **options)  # type: ignore[union-attr]
+                return _read_as(name, path, options)
         raise DatasetError(
             f"{path}: could not recognise the layout. Expected one of: a manifest.csv "
             "(columns path,split,pid[,camid]); folders train/, query/, gallery/ with one sub-folder per "

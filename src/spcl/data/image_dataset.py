@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import torch
 from PIL import Image
 from torch.utils.data import Dataset as TorchDataset
 
@@ -36,15 +37,31 @@ class ImageDataset(TorchDataset):
 
     def __getitem__(self, index: int):
         path, pid, _ = self.items[index]
-        if self._cache is None:
-            image = read_image(path)
-        else:
-            image = self._cache.get(index)
-            if image is None:
-                image = self._cache[index] = read_image(path)
+        image = self._image(index, path)
         if self.transform is not None:
             image = self.transform(image)
         return image, pid, index
+
+    def _image(self, index: int, path: str) -> Image.Image:
+        if self._cache is None:
+            return read_image(path)
+        image = self._cache.get(index)
+        if image is None:
+            image = self._cache[index] = read_image(path)
+        return image
+
+
+class AugmentedImages(ImageDataset):
+    """Training images: keys are ``(index, seed)`` pairs (``RandomMultipleGallerySampler(...,
+    seeded=True)``), and each image is augmented with a generator of its own seed, so the result
+    depends on the stream alone, not on the loader's workers or on where a run was resumed."""
+
+    def __getitem__(self, key: tuple[int, int]):  # type: ignore[override]
+        index, seed = key
+        path, pid, _ = self.items[index]
+        image = self._image(index, path)
+        generator = torch.Generator().manual_seed(int(seed))
+        return self.transform(image, generator=generator), pid, index
 
 
 def verify_images(items: Sequence[Item]) -> None:

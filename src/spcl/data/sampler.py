@@ -9,11 +9,15 @@ un-clustered target instance) contributes just its anchor: outliers are trained 
 
 Randomness never touches a global generator: the order of a pass is a pure function of
 ``(seed, epoch, pass_index)``, so a run resumed from :meth:`state_dict` replays the same stream.
+With ``seeded=True`` every index comes with the seed of its augmentation, drawn from its own
+stream of the same ``(seed, epoch, pass_index)``; :meth:`resume` restarts the stream in the middle
+of a pass, so a run stopped at any batch continues with exactly the next one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -23,7 +27,10 @@ from spcl.data.base import camera_codes
 __all__ = ["RandomMultipleGallerySampler"]
 
 
-class RandomMultipleGallerySampler(Sampler[int]):
+_AUGMENTATION_STREAM = 1
+
+
+class RandomMultipleGallerySampler(Sampler[Any]):
     """Yields dataset indices grouped by class, ``num_instances`` per class (1 for singletons).
 
     ``pids`` are the training labels: true identities for the source domain, pseudo labels
@@ -44,11 +51,16 @@ class RandomMultipleGallerySampler(Sampler[int]):
         seed: int = 0,
         epoch: int = 0,
         min_length: int = 0,
+        seeded: bool = False,
     ) -> None:
         """``min_length``: one ``iter()`` chains further passes until it yields at least this many
         indices, so a loader that drops partial batches always gets a batch even when clusters are
-        so large that one pass is shorter than a batch (where the reference's loader stalls)."""
+        so large that one pass is shorter than a batch (where the reference's loader stalls).
+        ``seeded``: yield ``(index, augmentation seed)`` pairs instead of indices."""
         self.min_length = int(min_length)
+        self.seeded = bool(seeded)
+        self.iter_pass = 0
+        self._skip = 0
         pids_arr = np.asarray(pids, dtype=np.int64).reshape(-1)
         cams_arr = camera_codes(np.asarray(camids, dtype=object).reshape(-1))
         if pids_arr.shape != cams_arr.shape:
@@ -87,6 +99,12 @@ class RandomMultipleGallerySampler(Sampler[int]):
         self.epoch = int(epoch)
         self.pass_index = 0
 
+    def resume(self, pass_index: int, skip: int) -> None:
+        """Make the next ``iter()`` the one that started at ``pass_index``, without its first
+        ``skip`` entries (those a stopped run had already trained on)."""
+        self.pass_index = int(pass_index)
+        self._skip = int(skip)
+
     def state_dict(self) -> dict[str, int]:
         """Everything needed to replay the next pass exactly after a resume."""
         return {"seed": self.seed, "epoch": self.epoch, "pass_index": self.pass_index}
@@ -97,14 +115,22 @@ class RandomMultipleGallerySampler(Sampler[int]):
         self.epoch = int(state["epoch"])
         self.pass_index = int(state["pass_index"])
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[Any]:
+        self.iter_pass = self.pass_index
         out: list[int] = []
         while True:
             rng = np.random.default_rng([self.seed, self.epoch, self.pass_index])
             self.pass_index += 1
             out.extend(self._draw(rng))
             if len(out) >= self.min_length or not out:
-                return iter(out)
+                break
+        skip, self._skip = self._skip, 0
+        if not self.seeded:
+            return iter(out[skip:])
+        seeds = np.random.default_rng([self.seed, self.epoch, self.iter_pass, _AUGMENTATION_STREAM]).integers(
+            0, 2**63 - 1, size=len(out), dtype=np.int64
+        )
+        return iter(list(zip(out, seeds.tolist()))[skip:])
 
     def _draw(self, rng: np.random.Generator) -> list[int]:
         """One pass: classes in random order, anchor first, then its gallery companions."""

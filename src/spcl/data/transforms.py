@@ -6,8 +6,10 @@ torchvision's ``RandomErasing``: up to 100 tries of an area in [2%, 40%] and an 
 [0.3, 1/0.3] with rounded side lengths that must be strictly smaller than the image, filled with
 the constants 0.485, 0.456, 0.406 written into the already normalised tensor.
 
-Randomness comes from torch's generator (global by default, which DataLoader seeds per worker),
-so the whole pipeline follows one seeding scheme.
+Randomness comes from one torch generator per call: ``transform(image, generator=g)``. The trainer
+gives every sample of its stream its own generator, seeded from (run seed, epoch, position in the
+stream), so an image's augmentation does not depend on the loader's workers, on where a run was
+resumed, or on how many processes share the stream. Without a generator the global one is used.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ import math
 from collections.abc import Sequence
 
 import torch
+from PIL import Image
 from torchvision import transforms as T
+from torchvision.transforms import functional as TF
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "RandomErasing",
+    "TrainTransform",
     "build_test_transform",
     "build_train_transform",
 ]
@@ -64,25 +69,28 @@ class RandomErasing(torch.nn.Module):
         self.max_tries = int(max_tries)
         self.generator = generator
 
-    def _uniform(self, low: float, high: float) -> float:
-        return low + (high - low) * float(torch.rand((), generator=self.generator))
+    def forward(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``generator`` (default: the one given at construction, else torch's global one) draws."""
+        g = generator if generator is not None else self.generator
 
-    def _randint(self, high_inclusive: int) -> int:
-        return int(torch.randint(high_inclusive + 1, (), generator=self.generator))
+        def uniform(low: float, high: float) -> float:
+            return low + (high - low) * float(torch.rand((), generator=g))
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        if self._uniform(0.0, 1.0) >= self.p:
+        def randint(high_inclusive: int) -> int:
+            return int(torch.randint(high_inclusive + 1, (), generator=g))
+
+        if uniform(0.0, 1.0) >= self.p:
             return img
         _, height, width = img.shape
         area = height * width
         for _ in range(self.max_tries):
-            target_area = self._uniform(self.sl, self.sh) * area
-            aspect = self._uniform(self.r1, 1.0 / self.r1)
+            target_area = uniform(self.sl, self.sh) * area
+            aspect = uniform(self.r1, 1.0 / self.r1)
             h = int(round(math.sqrt(target_area * aspect)))
             w = int(round(math.sqrt(target_area / aspect)))
             if w < width and h < height:
-                top = self._randint(height - h)
-                left = self._randint(width - w)
+                top = randint(height - h)
+                left = randint(width - w)
                 out = img.clone()
                 if out.shape[0] == len(self.value):
                     fill = torch.tensor(self.value, dtype=out.dtype).view(-1, 1, 1)
@@ -96,6 +104,54 @@ class RandomErasing(torch.nn.Module):
         return f"p={self.p}, area=({self.sl}, {self.sh}), r1={self.r1}, value={self.value}"
 
 
+class TrainTransform:
+    """PIL image -> normalised tensor with the reference's augmentations (SPEC section 7): bicubic
+    resize, horizontal flip, pad + random crop, ImageNet normalisation, random erasing.
+
+    The draws are torchvision's (``RandomHorizontalFlip``, ``RandomCrop``), made from the generator
+    passed with each image.
+    """
+
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        flip_p: float = 0.5,
+        padding: int = 10,
+        erasing_p: float = 0.5,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        if not 0.0 <= flip_p <= 1.0:
+            raise ValueError(f"flip probability must be in [0, 1], got {flip_p}")
+        if padding < 0:
+            raise ValueError(f"padding must be >= 0, got {padding}")
+        self.size = (height, width)
+        self.flip_p, self.padding = float(flip_p), int(padding)
+        self.resize = T.Resize((height, width), interpolation=T.InterpolationMode.BICUBIC)
+        self.normalize = T.Normalize(mean=list(mean), std=list(std))
+        self.erasing = RandomErasing(p=erasing_p) if erasing_p > 0 else None
+
+    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        image = self.resize(image)
+        if self.flip_p > 0 and torch.rand(1, generator=generator) < self.flip_p:
+            image = TF.hflip(image)
+        if self.padding > 0:
+            image = TF.pad(image, self.padding)
+            height, width = self.size
+            top = int(torch.randint(0, image.height - height + 1, size=(1,), generator=generator))
+            left = int(torch.randint(0, image.width - width + 1, size=(1,), generator=generator))
+            image = TF.crop(image, top, left, height, width)
+        tensor = self.normalize(TF.to_tensor(image))
+        if self.erasing is not None:
+            tensor = self.erasing(tensor, generator=generator)
+        return tensor
+
+    def __repr__(self) -> str:
+        return (f"TrainTransform(size={self.size}, flip_p={self.flip_p}, padding={self.padding}, "
+                f"erasing={self.erasing!r})")
+
+
 def build_train_transform(
     height: int,
     width: int,
@@ -104,20 +160,10 @@ def build_train_transform(
     erasing_p: float = 0.5,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
-) -> T.Compose:
-    """PIL image -> normalised tensor with the reference's augmentations (SPEC section 7).
-
-    Each augmentation can be switched off: ``flip_p=0``, ``padding=0``, ``erasing_p=0``.
-    """
-    steps: list[object] = [T.Resize((height, width), interpolation=T.InterpolationMode.BICUBIC)]
-    if flip_p > 0:
-        steps.append(T.RandomHorizontalFlip(p=flip_p))
-    if padding > 0:
-        steps += [T.Pad(padding), T.RandomCrop((height, width))]
-    steps += [T.ToTensor(), T.Normalize(mean=list(mean), std=list(std))]
-    if erasing_p > 0:
-        steps.append(RandomErasing(p=erasing_p))
-    return T.Compose(steps)
+) -> TrainTransform:
+    """The training augmentation (SPEC section 7); each step can be switched off: ``flip_p=0``,
+    ``padding=0``, ``erasing_p=0``."""
+    return TrainTransform(height, width, flip_p, padding, erasing_p, mean, std)
 
 
 def build_test_transform(

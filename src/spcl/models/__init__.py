@@ -12,6 +12,7 @@ from spcl.models.backbones import (
     build_backbone,
     load_weights_file,
     register_backbone,
+    require_backbone,
 )
 from spcl.models.dsbn import (
     DomainSpecificBatchNorm,
@@ -43,6 +44,7 @@ __all__ = [
     "load_weights_file",
     "num_bn_domains",
     "register_backbone",
+    "require_backbone",
     "set_domain",
     "set_images_per_bn",
     "use_domain",

@@ -32,6 +32,7 @@ __all__ = [
     "build_backbone",
     "load_weights_file",
     "register_backbone",
+    "require_backbone",
     "resolve_pretrained",
 ]
 
@@ -59,17 +60,22 @@ def available_backbones() -> list[str]:
     return sorted(BACKBONES)
 
 
+def require_backbone(arch: str) -> None:
+    """Fail at once, naming the choices, for an architecture that is not registered."""
+    if not arch.startswith("timm:") and arch not in BACKBONES:
+        raise KeyError(
+            f"unknown architecture {arch!r}; available: {', '.join(available_backbones())}, "
+            "or 'timm:<model name>' when timm is installed"
+        )
+
+
 def build_backbone(arch: str, pretrained: Pretrained = False, last_stride: int = 1) -> nn.Module:
     """Build a registered backbone (or ``timm:<name>``) with the requested weights."""
     if last_stride not in (1, 2):
         raise ValueError(f"last_stride must be 1 or 2, got {last_stride}")
     if arch.startswith("timm:"):
         return TimmBackbone(arch[len("timm:") :], pretrained, last_stride)
-    if arch not in BACKBONES:
-        raise KeyError(
-            f"unknown architecture {arch!r}; available: {', '.join(available_backbones())}, "
-            "or 'timm:<model name>' when timm is installed"
-        )
+    require_backbone(arch)
     backbone = BACKBONES[arch](pretrained, last_stride)
     if not hasattr(backbone, "out_channels"):
         raise TypeError(f"backbone factory {arch!r} returned a module without .out_channels")

@@ -1,8 +1,8 @@
 """Training (SPEC sections 3-7): one trainer for UDA and USL, and the baselines, with exact resume.
 
 Modules: ``trainer`` (the loop), ``labels`` (the target labels of each epoch), ``hooks`` (what
-runs after each epoch: evaluate, checkpoint, log) and ``checkpoint`` (the file format and the
-encoder a checkpoint describes).
+runs around the training: checkpoint, evaluate, log, signals), ``checkpoint`` (the file format
+and the encoder a checkpoint describes) and ``run_folder`` (one run per output folder).
 """
 
 from spcl.training.checkpoint import (
@@ -14,8 +14,20 @@ from spcl.training.checkpoint import (
     load_model,
     save_checkpoint,
 )
-from spcl.training.hooks import Checkpointing, ConsoleLog, EpochLog, Evaluation, Hook, MetricsLog, StepLosses, default_hooks
+from spcl.training.hooks import (
+    Checkpointing,
+    ConsoleLog,
+    EpochLog,
+    Evaluation,
+    Hook,
+    MetricsLog,
+    SignalHandling,
+    StepLosses,
+    TrainingInterrupted,
+    default_hooks,
+)
 from spcl.training.labels import GroundTruthLabels, SelfPacedLabels, TargetLabels
+from spcl.training.run_folder import RunFolder, RunFolderError
 from spcl.training.trainer import Trainer, TrainingDiverged
 
 __all__ = [
@@ -27,11 +39,15 @@ __all__ = [
     "GroundTruthLabels",
     "Hook",
     "MetricsLog",
+    "RunFolder",
+    "RunFolderError",
     "SelfPacedLabels",
+    "SignalHandling",
     "StepLosses",
     "TargetLabels",
     "Trainer",
     "TrainingDiverged",
+    "TrainingInterrupted",
     "build_model",
     "config_of",
     "default_hooks",

@@ -10,13 +10,23 @@ A checkpoint is a dict of plain values and tensors:
 - one entry per checkpointable part of the trainer, each that part's ``state_dict()``:
   ``state_dict`` (the encoder's weights), ``optimizer``, ``scheduler``, ``memory``, ``labels``
   (the pseudo-label stage: alpha), ``trainer`` (epoch, best, whether the memory is initialised)
-  and ``rng``. Format 1 kept the trainer's values as top-level keys; it still loads.
+  and ``rng``. Format 1 kept the trainer's values as top-level keys; it still loads;
+- ``checksum``: a hash of everything else, so a damaged file is found (a torch file whose tensor
+  bytes were damaged loads without complaint).
+
+Writing goes to a temporary file in the same folder, synced, then renamed over the target: a crash
+never leaves half a file under the checkpoint's name. With ``keep_previous`` the file it replaces
+is kept as ``<name>.previous.pth``, and :func:`newest_checkpoint` falls back to it when the newest
+one is damaged.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +36,20 @@ from torch import nn
 from spcl.config import Config, ModelConfig, load_config
 from spcl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from spcl.models import Pretrained, build_encoder, convert_dsbn, set_images_per_bn
+from spcl.utils import fault_point
 
 __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
     "build_model",
+    "checksum",
     "config_of",
     "describe_model",
     "load_checkpoint",
     "load_model",
+    "newest_checkpoint",
+    "previous_path",
+    "remove_stale_temporaries",
     "save_checkpoint",
 ]
 
@@ -46,37 +61,148 @@ class CheckpointError(ValueError):
     """A checkpoint is unreadable, of another format, or does not match the run that loads it."""
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+def checksum(state: dict[str, Any]) -> str:
+    """A hash of a checkpoint's contents (its ``checksum`` entry aside): tensors by dtype, shape and
+    bytes, everything else by its repr."""
+    digest = hashlib.blake2b(digest_size=16)
+
+    def walk(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
+        elif isinstance(value, dict):
+            digest.update(b"{")
+            for key in sorted(value, key=repr):
+                if key != "checksum" or value is not state:
+                    digest.update(repr(key).encode())
+                    walk(value[key])
+            digest.update(b"}")
+        elif isinstance(value, (list, tuple)):
+            digest.update(b"[")
+            for item in value:
+                walk(item)
+            digest.update(b"]")
+        else:
+            digest.update(repr(value).encode())
+
+    walk(state)
+    return digest.hexdigest()
+
+
+def previous_path(path: str | Path) -> Path:
+    """Where :func:`save_checkpoint` keeps the file a new checkpoint replaces (``last.previous.pth``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    return path.with_name(f"{path.stem}.previous{path.suffix}")
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path, *, keep_previous: bool = False) -> None:
+    """Write ``state`` (and its checksum) to ``path`` atomically; readable as the folder's other files.
+
+    A full disk or an unwritable folder raises ``CheckpointError`` naming the file; the checkpoint
+    that was there is left as it was.
+    """
+    path = Path(path)
+    state = {**state, "checksum": checksum(state)}
+    tmp: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        tmp = Path(name)
         with os.fdopen(fd, "wb") as fh:
             torch.save(state, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is as readable as any file
+        fault_point(f"checkpoint:{path.name}")
+        if keep_previous and path.exists():
+            os.replace(path, previous_path(path))
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        tmp = None
+        _sync_folder(path.parent)
+    except OSError as exc:
+        reason = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        kept = f"; {path} is left as it was" if path.exists() else ""
+        raise CheckpointError(f"cannot write the checkpoint {path}: {reason}{kept}") from exc
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the rename itself durable (a power cut after it must not bring the old name back)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The checkpoint's dict, read without unpickling code; any other file is a ``CheckpointError``."""
+    """The checkpoint's dict, read without unpickling code and checked against its checksum; any
+    other file, or a damaged one, is a ``CheckpointError`` that says which."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): its write was interrupted")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            reason = ("it holds pickled Python objects, not only tensors and plain values, so it was not "
+                      "written by spcl (spcl never runs code from a checkpoint)")
+        else:
+            reason = f"truncated, damaged or not a checkpoint ({str(exc).splitlines()[0][:160]})"
+        raise CheckpointError(f"cannot read {path}: {reason}") from None
     if not isinstance(state, dict) or state.get("format_version") not in READABLE_VERSIONS:
         found = state.get("format_version") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(
             f"{path} is not an spcl checkpoint of format {FORMAT_VERSION} (found {found!r})"
         )
+    if "checksum" in state and checksum(state) != state["checksum"]:
+        raise CheckpointError(f"{path} is damaged: its contents do not match their checksum")
     return state
+
+
+def newest_checkpoint(
+    path: str | Path, log: Callable[[str], None] = print, map_location: str | torch.device = "cpu"
+) -> tuple[dict[str, Any], Path] | None:
+    """The checkpoint at ``path``, or the one it replaced when it is damaged (reported through
+    ``log``); None when neither exists. Both damaged is an error naming them."""
+    path = Path(path)
+    candidates = [c for c in (path, previous_path(path)) if c.exists()]
+    problems = []
+    for candidate in candidates:
+        try:
+            return load_checkpoint(candidate, map_location), candidate
+        except CheckpointError as exc:
+            problems.append(str(exc))
+            log(f"warning: {exc}; trying the previous checkpoint")
+    if problems:
+        raise CheckpointError("no readable checkpoint: " + "; ".join(problems))
+    return None
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files interrupted writes left in ``folder`` (``.last.pth.xyz``,
+    ``.metrics.csv.tmp``); returns them."""
+    folder = Path(folder)
+    stale = [p for p in folder.glob(".*") if p.is_file() and (".pth." in p.name or p.name.endswith(".tmp"))]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def describe_model(model: ModelConfig, bn_domains: int, height: int, width: int) -> dict[str, Any]:

@@ -1,16 +1,24 @@
-"""Hooks: the stages of ``Trainer.fit`` that come after an epoch's training (evaluate, checkpoint,
-log), and the place to add more (mid-epoch checkpoints, signals, reporting) without editing the loop.
+"""Hooks: the stages of ``Trainer.fit`` around the training itself (checkpoint, evaluate, log,
+signals), and the place to add more without editing the loop.
 
 A hook overrides the moments it needs; ``Trainer(config, hooks=...)`` takes the list, run in
 order at every moment (``default_hooks()`` when not given). ``after_train`` runs also when
-training stopped with an error, so files and threads are released. ``TrainerView`` is what a
-hook may read and call on the trainer; ``EpochLog`` and ``StepLosses`` are the records it gets.
+training stopped with an error, so files, locks and threads are released. ``TrainerView`` is what
+a hook may read and call on the trainer; ``EpochLog`` and ``StepLosses`` are the records it gets.
+
+What is never lost: the checkpoint is written right after an epoch's training, before anything
+that can fail (evaluation, logs), and every ``checkpoint_every`` iterations within an epoch; a
+SIGTERM or SIGINT stops after the current step with a checkpoint; an evaluation cut short runs
+again on resume; ``metrics.csv`` is rebuilt from the history the checkpoint holds.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import os
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,8 +27,11 @@ import torch
 
 from spcl.config import Config
 from spcl.data import Dataset
-from spcl.evaluation import save_results
-from spcl.training.checkpoint import load_checkpoint
+from spcl.evaluation import ImageSet, save_results
+from spcl.evaluation.protocol import Protocol as EvaluationProtocol
+from spcl.training.checkpoint import newest_checkpoint, remove_stale_temporaries
+from spcl.training.run_folder import RunFolder
+from spcl.utils import fault_point
 
 __all__ = [
     "Checkpointing",
@@ -29,10 +40,20 @@ __all__ = [
     "Evaluation",
     "Hook",
     "MetricsLog",
+    "SignalHandling",
     "StepLosses",
     "TrainerView",
+    "TrainingInterrupted",
     "default_hooks",
 ]
+
+
+class TrainingInterrupted(RuntimeError):
+    """A signal stopped the run after a checkpoint was written; ``signal`` is its number."""
+
+    def __init__(self, message: str, signal: int) -> None:
+        super().__init__(message)
+        self.signal = signal
 
 
 @dataclass
@@ -73,13 +94,18 @@ class TrainerView(Protocol):
     train_target: bool
     num_source_classes: int
     epoch: int
+    iteration: int
     best: dict[str, float]
+    history: list[EpochLog]
+    saved_at: tuple[int, int] | None
 
     def log(self, message: str) -> None: ...
 
     def evaluate(self, on_source: bool = False, rerank: bool | None = None) -> dict[str, Any]: ...
 
     def save(self, name: str) -> Path: ...
+
+    def save_progress(self) -> Path: ...
 
     def load_state(self, state: dict[str, Any]) -> None: ...
 
@@ -103,49 +129,106 @@ class Hook:
         """When ``fit`` ends, normally or with an error."""
 
 
-class Evaluation(Hook):
-    """Every ``eval.every`` epochs and after the last one: mAP / CMC on the target (SPEC section 8),
-    its per-query results in ``eval-epochN/``, and the best mAP so far."""
-
-    def after_epoch(self, trainer: TrainerView, entry: EpochLog) -> None:
-        c = trainer.config
-        final = trainer.epoch == c.optim.epochs
-        if not ((c.eval.every > 0 and trainer.epoch % c.eval.every == 0) or final) or not trainer.target.query:
-            return
-        result = trainer.evaluate()
-        cmc = result["cmc"]
-        entry.eval = {"mAP": float(result["mAP"]), "rank1": float(cmc[0]), "rank5": float(cmc[4]), "rank10": float(cmc[9])}
-        save_results(result, trainer.output / f"eval-epoch{trainer.epoch}", trainer.target.query)
-        if entry.eval["mAP"] > trainer.best["mAP"]:
-            trainer.best = {"mAP": entry.eval["mAP"], "epoch": trainer.epoch}
-
-
 class Checkpointing(Hook):
-    """The run folder: ``config.yaml``, resuming from ``last.pth``, and after every epoch
-    ``best.pth`` (when the epoch set a new best target mAP) and ``last.pth``."""
+    """The run folder and ``last.pth``: hold the folder, resume from the newest readable checkpoint
+    (or move an earlier run aside with ``resume`` off), write ``config.yaml`` once the run is known,
+    then write ``last.pth`` every ``checkpoint_every`` iterations and right after every epoch."""
+
+    def __init__(self) -> None:
+        self.folder: RunFolder | None = None
 
     def before_train(self, trainer: TrainerView) -> None:
         c = trainer.config
-        trainer.output.mkdir(parents=True, exist_ok=True)
+        self.folder = RunFolder(trainer.output, trainer.log)
+        self.folder.acquire()
+        for stale in remove_stale_temporaries(trainer.output):
+            trainer.log(f"removed {stale}, left by an interrupted write")
+        if c.resume:
+            found = newest_checkpoint(trainer.output / "last.pth", trainer.log, trainer.device)
+            if found is not None:
+                state, path = found
+                trainer.load_state(state)
+                where = f"epoch {trainer.epoch}" + (f", iteration {trainer.iteration}" if trainer.iteration else "")
+                trainer.log(f"resumed from {path} at {where}")
+        else:
+            moved = self.folder.move_aside()
+            if moved is not None:
+                trainer.log(f"moved the earlier run in {trainer.output} to {moved} (--no-resume)")
         c.save(trainer.output / "config.yaml")
-        last = trainer.output / "last.pth"
-        if c.resume and last.exists():
-            trainer.load_state(load_checkpoint(last, trainer.device))
-            trainer.log(f"resumed from {last} at epoch {trainer.epoch}")
+
+    def after_step(self, trainer: TrainerView, losses: StepLosses) -> None:
+        every = trainer.config.checkpoint_every
+        if every > 0 and trainer.iteration % every == 0 and trainer.iteration < trainer.config.iters_per_epoch:
+            trainer.save_progress()
 
     def after_epoch(self, trainer: TrainerView, entry: EpochLog) -> None:
-        if entry.eval and trainer.best["epoch"] == trainer.epoch:
+        trainer.save_progress()
+
+    def after_train(self, trainer: TrainerView) -> None:
+        if self.folder is not None:
+            self.folder.release()
+
+
+class Evaluation(Hook):
+    """Every ``eval.every`` epochs and after the last one: mAP / CMC on the target (SPEC section 8),
+    its per-query results in ``eval-epochN/``, the best mAP so far and ``best.pth``. The query and
+    gallery are checked before the first step; an evaluation a stopped run did not finish runs on
+    resume."""
+
+    def before_train(self, trainer: TrainerView) -> None:
+        self._check_split(trainer)
+        last = trainer.history[-1] if trainer.history else None
+        if last is not None and trainer.iteration == 0 and last.epoch == trainer.epoch and not last.eval:
+            self.after_epoch(trainer, last)  # the run stopped after the epoch's checkpoint
+
+    def after_epoch(self, trainer: TrainerView, entry: EpochLog) -> None:
+        if not self._due(trainer, entry.epoch):
+            return
+        fault_point(f"eval:{entry.epoch}")
+        result = trainer.evaluate()
+        cmc = result["cmc"]
+        entry.eval = {"mAP": float(result["mAP"]), "rank1": float(cmc[0]), "rank5": float(cmc[4]), "rank10": float(cmc[9])}
+        save_results(result, trainer.output / f"eval-epoch{entry.epoch}", trainer.target.query)
+        if entry.eval["mAP"] > trainer.best["mAP"]:
+            trainer.best = {"mAP": entry.eval["mAP"], "epoch": entry.epoch}
             trainer.save("best.pth")
-        trainer.save("last.pth")
+        trainer.save_progress()  # the history now holds the evaluation
+
+    @staticmethod
+    def _due(trainer: TrainerView, epoch: int) -> bool:
+        c = trainer.config
+        every = c.eval.every > 0 and epoch % c.eval.every == 0
+        return bool(trainer.target.query) and (every or epoch == c.optim.epochs)
+
+    @staticmethod
+    def _check_split(trainer: TrainerView) -> None:
+        """An evaluation that cannot work fails now, not after an epoch of training."""
+        target = trainer.target
+        if not target.query:
+            trainer.log(f"note: {target.name} has no query/gallery split: the run will not be evaluated")
+            return
+        if not target.gallery:
+            raise ValueError(f"{target.name}: the gallery is empty, but {len(target.query)} queries need it")
+        query, gallery = ImageSet.from_items(target.query), ImageSet.from_items(target.gallery)
+        protocol = EvaluationProtocol.build(query, gallery, len(target.query), len(target.gallery))
+        _, is_match = protocol.related(0, len(target.query))
+        if not is_match.any():
+            raise ValueError(
+                f"{target.name}: no query has a true match in the gallery (same identity, another camera): "
+                "check the identities and cameras of the query and gallery lists"
+            )
 
 
 class MetricsLog(Hook):
-    """One row per epoch in ``metrics.csv`` and the same scalars in TensorBoard (``tensorboard/``)."""
+    """``metrics.csv`` (one row per epoch, rebuilt from the history a checkpoint holds, so no row is
+    ever lost) and the same scalars in TensorBoard (``tensorboard/``)."""
 
     def __init__(self) -> None:
         self.writer: Any = None
 
     def before_train(self, trainer: TrainerView) -> None:
+        if trainer.history:
+            self._write_csv(trainer)
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is optional at run time; metrics.csv always exists
@@ -153,29 +236,9 @@ class MetricsLog(Hook):
         self.writer = SummaryWriter(str(trainer.output / "tensorboard"))
 
     def after_epoch(self, trainer: TrainerView, entry: EpochLog) -> None:
-        row = {
-            "epoch": entry.epoch, "loss": entry.loss, "loss_source": entry.loss_source,
-            "loss_target": entry.loss_target, "clusters": entry.num_clusters, "outliers": entry.num_outliers,
-            "alpha": entry.alpha, "lr": entry.lr, "seconds": round(entry.seconds, 2),
-            **{f"pl_{k}": v for k, v in entry.quality.items()},
-            **dict(entry.eval.items()),
-        }
-        path = trainer.output / "metrics.csv"
-        rows = []
-        if path.exists():
-            with open(path, newline="") as fh:
-                rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) < entry.epoch]
-        rows.append({k: str(v) for k, v in row.items()})
-        keys = list(dict.fromkeys(k for r in rows for k in r))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=keys)
-            w.writeheader()
-            w.writerows(rows)
-        tmp.replace(path)
+        self._write_csv(trainer)
         if self.writer is not None:
-            for key, value in row.items():
+            for key, value in _row(entry).items():
                 if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
                     self.writer.add_scalar(key, value, entry.epoch)
             self.writer.flush()
@@ -184,6 +247,29 @@ class MetricsLog(Hook):
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+    @staticmethod
+    def _write_csv(trainer: TrainerView) -> None:
+        rows = [{k: str(v) for k, v in _row(entry).items()} for entry in trainer.history]
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        path = trainer.output / "metrics.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(".metrics.csv.tmp")
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+        tmp.replace(path)
+
+
+def _row(entry: EpochLog) -> dict[str, Any]:
+    return {
+        "epoch": entry.epoch, "loss": entry.loss, "loss_source": entry.loss_source,
+        "loss_target": entry.loss_target, "clusters": entry.num_clusters, "outliers": entry.num_outliers,
+        "alpha": entry.alpha, "lr": entry.lr, "seconds": round(entry.seconds, 2),
+        **{f"pl_{k}": v for k, v in entry.quality.items()},
+        **dict(entry.eval.items()),
+    }
 
 
 class ConsoleLog(Hook):
@@ -224,6 +310,54 @@ class ConsoleLog(Hook):
             )
 
 
+class SignalHandling(Hook):
+    """SIGTERM (a scheduler pre-empting the job) or SIGINT (Ctrl-C): finish the current step, write a
+    checkpoint, say how to resume, and stop with ``TrainingInterrupted`` (exit status 143 / 130 from
+    the command line). A second signal ends the process at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def before_train(self, trainer: TrainerView) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may install signal handlers
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:  # the second one: stop now
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.received = signum
+
+    def before_epoch(self, trainer: TrainerView) -> None:
+        self._stop_if_asked(trainer)
+
+    def after_step(self, trainer: TrainerView, losses: StepLosses) -> None:
+        self._stop_if_asked(trainer)
+
+    def after_train(self, trainer: TrainerView) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def _stop_if_asked(self, trainer: TrainerView) -> None:
+        if self.received is None:
+            return
+        if trainer.saved_at != (trainer.epoch, trainer.iteration):
+            trainer.save_progress()
+        name = signal.Signals(self.received).name
+        where = f"epoch {trainer.epoch}" + (f", iteration {trainer.iteration}" if trainer.iteration else "")
+        message = (f"stopped by {name} at {where}; checkpoint {trainer.output / 'last.pth'}. "
+                   "Run the same command again to continue exactly from there.")
+        trainer.log(message)
+        raise TrainingInterrupted(message, self.received)
+
+
 def default_hooks() -> list[Hook]:
-    """The stages after each epoch, in order: evaluate, checkpoint, log."""
-    return [Evaluation(), Checkpointing(), MetricsLog(), ConsoleLog()]
+    """The stages around the training, in order: checkpoint, evaluate, log, signals."""
+    return [Checkpointing(), Evaluation(), MetricsLog(), ConsoleLog(), SignalHandling()]

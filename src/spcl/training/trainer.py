@@ -13,7 +13,7 @@ subclass may replace. What a resume restores is one list, :meth:`Trainer.checkpo
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,54 +21,91 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from spcl.config import Config
-from spcl.data import Dataset, ImageDataset, Item, load
+from spcl.data import Dataset, Item, load
+from spcl.data.image_dataset import AugmentedImages
+from spcl.data.loader import TrainLoader
 from spcl.data.sampler import RandomMultipleGallerySampler
 from spcl.data.transforms import build_test_transform, build_train_transform
 from spcl.evaluation import evaluate_model, extract_features
 from spcl.memory import HybridMemory
-from spcl.models import use_domain
-from spcl.training.checkpoint import FORMAT_VERSION, CheckpointError, build_model, describe_model, save_checkpoint
-from spcl.training.hooks import EpochLog, Hook, StepLosses, default_hooks
+from spcl.models import require_backbone, use_domain
+from spcl.training.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    build_model,
+    config_of,
+    describe_model,
+    save_checkpoint,
+)
+from spcl.training.hooks import EpochLog, Hook, StepLosses, TrainingInterrupted, default_hooks
 from spcl.training.labels import TargetLabels, target_labeler
-from spcl.utils import RngStream, derive_seed, progress, resolve_device
+from spcl.utils import RngStream, derive_seed, fault_point, progress, resolve_device
 
-__all__ = ["Trainer", "TrainingDiverged"]
+__all__ = ["RESUMABLE_CHANGES", "Trainer", "TrainingDiverged", "TrainingInterrupted"]
+
+RESUMABLE_CHANGES = (
+    "optim.epochs", "eval.every", "eval.rerank", "eval.batch_size", "data.workers", "data.cache_images",
+    "data.root", "data.source", "data.target", "data.vehicleid_test_size", "device", "output", "resume",
+    "checkpoint_every",
+)
+"""Settings a resume may change: how long to train, how and when to evaluate, where things are and
+how fast they are read. The data itself is compared by its fingerprints."""
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-class _CyclingLoader:
-    """Endless batches from a loader; each new pass of the sampler gets a fresh, reproducible order."""
+@dataclasses.dataclass
+class _EpochProgress:
+    """What an epoch in progress has done so far (restored by a mid-epoch resume)."""
 
-    def __init__(self, loader: DataLoader) -> None:
-        self.loader = loader
-        self._it = iter(loader)
-
-    def next(self):
-        try:
-            return next(self._it)
-        except StopIteration:
-            self._it = iter(self.loader)
-            return next(self._it)
-
-
-class _Attributes:
-    """Plain attributes of an object as one checkpoint part."""
-
-    def __init__(self, owner: object, names: Sequence[str]) -> None:
-        self.owner, self.names = owner, tuple(names)
+    labels: TargetLabels | None = None
+    totals: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.0, 0.0])
+    seconds: float = 0.0
 
     def state_dict(self) -> dict[str, Any]:
-        return {name: copy.deepcopy(getattr(self.owner, name)) for name in self.names}
+        labels = None
+        if self.labels is not None:
+            labels = {f.name: getattr(self.labels, f.name) for f in dataclasses.fields(self.labels) if f.name != "labels"}
+        return {"labels": labels, "totals": list(self.totals), "seconds": self.seconds}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], labels: np.ndarray | None) -> _EpochProgress:
+        stats = state["labels"]
+        restored = TargetLabels(labels=labels, **stats) if stats is not None and labels is not None else None
+        return cls(restored, list(state["totals"]), float(state["seconds"]))
+
+
+class _Progress:
+    """The trainer's place in the run as one checkpoint part: epochs and iterations done, the best
+    evaluation, whether the memory is initialised, the history, and the epoch in progress."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+
+    def state_dict(self) -> dict[str, Any]:
+        t = self.trainer
+        return {
+            "epoch": t.epoch,
+            "iteration": t.iteration,
+            "best": dict(t.best),
+            "memory_ready": t.memory_ready,
+            "history": [dataclasses.asdict(entry) for entry in t.history],
+            "epoch_progress": t._epoch.state_dict(),
+            "loaders": {domain: loader.state_dict() for domain, loader in t._loaders.items()},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name in self.names:
-            setattr(self.owner, name, copy.deepcopy(state[name]))
+        t = self.trainer
+        t.epoch, t.iteration = int(state["epoch"]), int(state.get("iteration", 0))
+        t.best, t.memory_ready = dict(state["best"]), bool(state["memory_ready"])
+        t.history = [EpochLog(**entry) for entry in state.get("history", [])]
+        progress = state.get("epoch_progress")
+        t._epoch = _EpochProgress.from_state(progress, t.target_labels) if progress else _EpochProgress()
+        t._resume_loaders = dict(state.get("loaders", {}))
 
 
 class _TorchRNG:
@@ -104,6 +141,7 @@ class Trainer:
         self.hooks = list(default_hooks() if hooks is None else hooks)
         c = config
 
+        require_backbone(c.model.arch)  # before minutes of reading or generating data
         torch.manual_seed(derive_seed(c.seed, RngStream.MODEL_INIT))
         self.source: Dataset | None = self._load(c.data.source) if c.uses_source else None
         self.target: Dataset = self._load(c.data.target)
@@ -141,10 +179,17 @@ class Trainer:
         )
         self.test_transform = build_test_transform(c.data.height, c.data.width)
         self.epoch = 0
+        self.iteration = 0
+        """Steps done in the current epoch (0 between epochs)."""
         self.memory_ready = False
         self.best: dict[str, float] = {"mAP": -1.0, "epoch": -1}
         self.history: list[EpochLog] = []
-        self._train_sets: dict[int, ImageDataset] = {}
+        self._epoch = _EpochProgress()
+        self._loaders: dict[str, TrainLoader] = {}
+        self._resume_loaders: dict[str, dict[str, int]] = {}
+        self._train_sets: dict[int, AugmentedImages] = {}
+        self.saved_at: tuple[int, int] | None = None
+        """(epoch, iteration) of the last ``save_progress``."""
         # hashed once: every checkpoint stores them, and a resume compares them
         self.fingerprints = {
             "source": self.source.fingerprint() if self.source is not None else "",
@@ -168,17 +213,19 @@ class Trainer:
 
     def fit(self) -> list[EpochLog]:
         """SPEC section 7: the memory from the initial encoder, then per epoch the target labels, an
-        epoch of training, and the hooks' evaluation, checkpoint and log lines."""
+        epoch of training, and the hooks: checkpoint, evaluation, logs. A run resumed in the middle
+        of an epoch continues with the next step of that epoch."""
         try:
             self._call("before_train")
             if not self.memory_ready:
                 self.init_memory()
             while self.epoch < self.config.optim.epochs:
-                self._call("before_epoch")
-                started = time.time()
-                labels = self.assign_labels()
-                entry = self.train_epoch(labels)
-                entry.seconds = time.time() - started
+                if self.iteration == 0:
+                    self._call("before_epoch")
+                    started = time.time()
+                    self._epoch = _EpochProgress(labels=self.assign_labels())
+                    self._epoch.seconds = time.time() - started
+                entry = self.train_epoch()
                 self.history.append(entry)
                 self._call("after_epoch", entry)
         finally:
@@ -197,6 +244,7 @@ class Trainer:
         if self.source is not None:
             features = self._extract(self.source.train, 0, "source features")
             self.memory.init_source(features, [p for _, p, _ in self.source.train])
+        fault_point("init_memory")
         if self.train_target:
             self.memory.init_target(self._extract(self.target.train, -1, "target features"))
         self.memory_ready = True
@@ -214,45 +262,50 @@ class Trainer:
         if self.labeler is None:
             return None
         labels = self.labeler(self.memory.target_features)
+        fault_point(f"labels:{self.epoch + 1}")
         self.memory.set_pseudo_labels(labels.labels)
         return labels
 
-    def train_epoch(self, labels: TargetLabels | None = None) -> EpochLog:
-        """One epoch of the unified contrastive loss and momentum updates (SPEC sections 3, 7)."""
+    def train_epoch(self) -> EpochLog:
+        """The epoch's steps of the unified contrastive loss and momentum updates (SPEC sections 3,
+        7), from the step the epoch is at; returns the epoch's record."""
         c = self.config
-        torch.manual_seed(derive_seed(c.seed, self.epoch, RngStream.AUGMENTATION))  # dropout, augmentation
-        loaders = []
-        if self.source is not None:
-            source_pids = np.array([p for _, p, _ in self.source.train])
-            loaders.append((self._loader(self.source.train, source_pids, RngStream.SOURCE_SAMPLER), "source"))
-        if self.train_target:
-            loaders.append((self._loader(self.target.train, self.target_labels, RngStream.TARGET_SAMPLER), "target"))
-
+        if self.iteration == 0:
+            torch.manual_seed(derive_seed(c.seed, self.epoch, RngStream.AUGMENTATION))  # dropout
+        self._loaders = self._make_loaders()
+        started = time.time()
         self.model.train()
         iters = c.iters_per_epoch
-        totals = np.zeros(3)
-        bar = progress(range(iters), f"epoch {self.epoch + 1}/{c.optim.epochs}", enabled=self.progress)
+        epoch = self._epoch
+        bar = progress(range(self.iteration, iters), f"epoch {self.epoch + 1}/{c.optim.epochs}", enabled=self.progress)
         for iteration in bar:
-            step = self.train_step(loaders, iteration)
-            totals += [step.loss, step.loss_source, step.loss_target]
+            step = self.train_step(iteration)
+            epoch.totals = [t + v for t, v in zip(epoch.totals, (step.loss, step.loss_source, step.loss_target))]
+            self.iteration = iteration + 1
             bar.set_postfix(loss=f"{step.loss:.3f}")
+            fault_point(f"step:{self.epoch + 1}:{self.iteration}")
             self._call("after_step", step)
+        epoch.seconds += time.time() - started
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         self.epoch += 1
-        mean = totals / iters
+        self.iteration = 0
+        self._loaders = {}
+        mean = [t / iters for t in epoch.totals]
+        labels = epoch.labels
+        self._epoch = _EpochProgress()
         return EpochLog(
             epoch=self.epoch, loss=float(mean[0]), loss_source=float(mean[1]), loss_target=float(mean[2]),
             num_clusters=labels.num_clusters if labels else 0, num_outliers=labels.num_outliers if labels else 0,
             alpha=float(labels.alpha) if labels and labels.alpha is not None else float("nan"), lr=lr,
-            quality=dict(labels.quality) if labels else {},
+            seconds=epoch.seconds, quality=dict(labels.quality) if labels else {},
         )
 
-    def train_step(self, loaders: list[tuple[_CyclingLoader, str]], iteration: int) -> StepLosses:
+    def train_step(self, iteration: int) -> StepLosses:
         """Forward both domains' batches, the loss against the memory as it was before this step,
         an optimizer step, then the memory's momentum update."""
         images, slots = [], []
-        for loader, domain in loaders:
+        for domain, loader in self._loaders.items():
             batch_images, batch_pids, batch_index = loader.next()
             images.append(batch_images)
             # a source sample's slot is its class centroid, a target sample's its own instance
@@ -270,28 +323,40 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         self.memory.update(features.detach(), torch.cat(slots))
-        named = dict(zip([d for _, d in loaders], (p.item() for p in parts)))
+        named = dict(zip(self._loaders, (p.item() for p in parts)))
         return StepLosses(iteration, loss.item(), named.get("source", float("nan")), named.get("target", float("nan")))
 
-    def _loader(self, items: list[Item], pids: np.ndarray, stream: RngStream) -> _CyclingLoader:
+    def _make_loaders(self) -> dict[str, TrainLoader]:
+        """The epoch's streams: source (true labels) and target (this epoch's labels), each where a
+        resumed run had left it."""
+        loaders = {}
+        if self.source is not None:
+            source_pids = np.array([p for _, p, _ in self.source.train])
+            loaders["source"] = self._loader(self.source.train, source_pids, RngStream.SOURCE_SAMPLER)
+        if self.train_target:
+            loaders["target"] = self._loader(self.target.train, self.target_labels, RngStream.TARGET_SAMPLER)
+        for domain, state in self._resume_loaders.items():
+            loaders[domain].load_state_dict(state)
+        self._resume_loaders = {}
+        return loaders
+
+    def _loader(self, items: list[Item], pids: np.ndarray, stream: RngStream) -> TrainLoader:
         c = self.config
         cams = [cam for _, _, cam in items]
         sampler = RandomMultipleGallerySampler(
             pids, cams, num_instances=c.data.num_instances, seed=derive_seed(c.seed, stream), epoch=self.epoch,
-            min_length=c.optim.batch_size,
+            min_length=c.optim.batch_size, seeded=True,
         )
         if len(sampler) == 0:
             raise ValueError("no training sample has a label: nothing to sample from")
-        generator = torch.Generator().manual_seed(derive_seed(c.seed, stream, self.epoch))
         dataset = self._train_sets.get(stream)
         if dataset is None:
-            dataset = self._train_sets[stream] = ImageDataset(items, self.train_transform, cache=c.data.cache_images)
-        loader = DataLoader(
-            dataset, batch_size=c.optim.batch_size, sampler=sampler,
-            num_workers=c.data.workers, drop_last=True, generator=generator,
-            pin_memory=self.device.type == "cuda", persistent_workers=False,
+            dataset = self._train_sets[stream] = AugmentedImages(items, self.train_transform, cache=c.data.cache_images)
+        return TrainLoader(
+            dataset, sampler, c.optim.batch_size, workers=c.data.workers,
+            generator=torch.Generator().manual_seed(derive_seed(c.seed, stream, self.epoch)),
+            pin_memory=self.device.type == "cuda",
         )
-        return _CyclingLoader(loader)
 
     def evaluate(self, on_source: bool = False, rerank: bool | None = None) -> dict[str, Any]:
         """mAP / CMC on the target's test split (or the source's, with its BN branch)."""
@@ -316,7 +381,7 @@ class Trainer:
             "optimizer": self.optimizer,
             "scheduler": self.scheduler,
             "memory": self.memory,
-            "trainer": _Attributes(self, ("epoch", "best", "memory_ready")),
+            "trainer": _Progress(self),
             "rng": _TorchRNG(),
         }
         if self.labeler is not None:
@@ -346,16 +411,54 @@ class Trainer:
                 "the checkpoint was trained on other training lists (fingerprints differ): its memory "
                 "slots would point at other images. Use another --output or --no-resume."
             )
+        self._check_settings(state)
         if state["format_version"] == 1:  # the trainer's values were top-level keys
             state = {**state, "trainer": {k: state[k] for k in ("epoch", "best", "memory_ready")},
                      "labels": {"alpha": state["alpha"]}}
-        for name, part in self.checkpointables().items():
-            if name not in state:
-                raise CheckpointError(f"the checkpoint in {self.output} has no {name!r} entry: it cannot be resumed")
-            part.load_state_dict(state[name])
+        parts = self.checkpointables()
+        missing = [name for name in parts if name not in state]
+        if missing:
+            raise CheckpointError(f"the checkpoint in {self.output} has no {', '.join(missing)}: it cannot be resumed")
+        for name in ("memory", *[n for n in parts if n != "memory"]):  # the memory first: it holds the labels
+            parts[name].load_state_dict(state[name])
+
+    def _check_settings(self, state: dict[str, Any]) -> None:
+        """Refuse to continue a run with other training settings; say which changes are allowed."""
+        saved_config = config_of(state)
+        saved = {**_flat(saved_config.to_dict()), "iterations per epoch": saved_config.iters_per_epoch}
+        now = {**_flat(self.config.to_dict()), "iterations per epoch": self.config.iters_per_epoch}
+        changed = {key for key in now if saved.get(key) != now[key]}
+        refused = sorted(changed - set(RESUMABLE_CHANGES))
+        if refused:
+            listed = "; ".join(f"{key}: {saved.get(key)!r} in the run, {now[key]!r} now" for key in refused)
+            raise CheckpointError(
+                f"cannot resume the run in {self.output} with other training settings ({listed}). A resume may "
+                f"change only {', '.join(RESUMABLE_CHANGES)}. Use another --output, or --no-resume to start over "
+                "(the earlier run is moved aside)."
+            )
+        for key in sorted(changed & {"optim.epochs", "eval.every", "eval.rerank", "eval.batch_size", "checkpoint_every"}):
+            self.log(f"resuming with {key} = {now[key]!r} (the run had {saved.get(key)!r})")
 
     def save(self, name: str) -> Path:
         """Write the run's checkpoint to ``<output>/<name>``, atomically."""
         path = self.output / name
         save_checkpoint(self.state(), path)
         return path
+
+    def save_progress(self) -> Path:
+        """Write ``last.pth``, the checkpoint a re-run resumes from, keeping the one it replaces as
+        ``last.previous.pth`` (used when the newest is damaged)."""
+        path = self.output / "last.pth"
+        save_checkpoint(self.state(), path, keep_previous=True)
+        self.saved_at = (self.epoch, self.iteration)
+        return path
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
