@@ -3,6 +3,9 @@ exact resume, NaN handling, hooks and the checkpoint's parts."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -198,3 +201,95 @@ def test_a_format_1_checkpoint_still_resumes(data_root: Path, tmp_path: Path) ->
     for key in a["state_dict"]:
         assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
     assert torch.equal(a["memory"]["features"], b["memory"]["features"])
+
+
+def test_resume_refuses_other_training_settings_and_names_them(data_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    _run(_config(data_root, out, "usl", **{"optim.epochs": 1, "eval.every": 0}))
+    before = (out / "config.yaml").read_text()
+    with pytest.raises(CheckpointError, match=r"optim.lr: 0.00035 in the run, 0.001 now; pseudo.eps: 0.7 in the run, 0.6 now"):
+        _run(_config(data_root, out, "usl", **{"optim.epochs": 1, "eval.every": 0, "optim.lr": 1e-3, "pseudo.eps": 0.6}))
+    assert (out / "config.yaml").read_text() == before, "a refused resume leaves the run's config alone"
+    said: list[str] = []
+    trainer = Trainer(_config(data_root, out, "usl", **{"optim.epochs": 2, "eval.every": 0}), log=said.append, progress=False)
+    trainer.fit()
+    assert "resuming with optim.epochs = 2 (the run had 1)" in said
+    assert [e.epoch for e in trainer.history] == [1, 2]
+
+
+def test_no_resume_moves_the_earlier_run_aside(data_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    _run(_config(data_root, out, "usl", **{"optim.epochs": 1}))
+    first = load_checkpoint(out / "last.pth")
+    _run(_config(data_root, out, "usl", **{"optim.epochs": 1, "resume": False, "seed": 4}))
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.replaced-")]
+    assert len(aside) == 1
+    assert torch.equal(load_checkpoint(aside[0] / "last.pth")["memory"]["features"], first["memory"]["features"])
+    assert (aside[0] / "eval-epoch1" / "per_query.csv").exists() and (out / "eval-epoch1" / "per_query.csv").exists()
+    assert load_checkpoint(out / "last.pth")["config"]["seed"] == 4
+
+
+def test_a_finished_run_run_again_returns_its_history_and_rebuilds_metrics(data_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    first = _run(_config(data_root, out, "usl"))
+    (out / "metrics.csv").write_text("epoch,loss\n1,0\n")  # a row lost to a kill before the write
+    again = _run(_config(data_root, out, "usl"))
+    assert [e.eval["mAP"] for e in again.history] == [e.eval["mAP"] for e in first.history]
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("epoch,loss,loss_source")
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_checkpoint(data_root: Path, tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    out = tmp_path / "run"
+    _run(_config(data_root, out, "usl", **{"optim.epochs": 1, "eval.every": 0}))
+    before = (out / "last.pth").read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    trainer = Trainer(_config(data_root, out, "usl", **{"optim.epochs": 2, "eval.every": 0}), log=lambda _: None,
+                      progress=False)
+    with pytest.raises(CheckpointError, match=r"cannot write the checkpoint .*last.pth: no space left on device; .* left as it was"):
+        trainer.fit()
+    assert (out / "last.pth").read_bytes() == before
+    assert not [p for p in out.iterdir() if ".pth." in p.name], "no temporary file left"
+    assert not (out / ".lock").exists()
+
+
+def test_checkpoints_are_readable_like_the_folders_other_files(data_root: Path, tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        _run(_config(data_root, tmp_path / "run", "usl", **{"optim.epochs": 1, "eval.every": 0}))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "run" / "last.pth").stat().st_mode) == 0o644
+
+
+def test_a_second_trainer_in_the_same_folder_is_refused(data_root: Path, tmp_path: Path) -> None:
+    from spcl.training import RunFolder, RunFolderError
+
+    holder = RunFolder(tmp_path / "run")
+    holder.acquire()
+    with pytest.raises(RunFolderError, match="in use by process"):
+        _run(_config(data_root, tmp_path / "run", "usl", **{"optim.epochs": 1}))
+    assert not (tmp_path / "run" / "config.yaml").exists()
+    holder.release()
+
+
+def test_an_impossible_evaluation_fails_before_training(data_root: Path, tmp_path: Path, monkeypatch) -> None:
+    import spcl.training.trainer as trainer_module
+
+    real_load = trainer_module.load
+
+    def without_gallery(*args, **kwargs):
+        data = real_load(*args, **kwargs)
+        return dataclasses.replace(data, gallery=[]) if data.name == "tgt" else data
+
+    monkeypatch.setattr(trainer_module, "load", without_gallery)
+    trainer = Trainer(_config(data_root, tmp_path / "run", "usl"), log=lambda _: None, progress=False)
+    with pytest.raises(ValueError, match="the gallery is empty"):
+        trainer.fit()
+    assert trainer.epoch == 0 and not (tmp_path / "run" / "last.pth").exists()

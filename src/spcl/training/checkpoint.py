@@ -160,11 +160,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        text = str(exc)
+        if "Unsupported global" in text:
             reason = ("it holds pickled Python objects, not only tensors and plain values, so it was not "
                       "written by spcl (spcl never runs code from a checkpoint)")
         else:
-            reason = f"truncated, damaged or not a checkpoint ({str(exc).splitlines()[0][:160]})"
+            detail = text.split("WeightsUnpickler error:")[-1].strip().split(". ")[0][:160] if text else type(exc).__name__
+            reason = f"truncated, damaged or not a checkpoint ({detail})"
         raise CheckpointError(f"cannot read {path}: {reason}") from None
     if not isinstance(state, dict) or state.get("format_version") not in READABLE_VERSIONS:
         found = state.get("format_version") if isinstance(state, dict) else type(state).__name__
