@@ -293,3 +293,32 @@ def test_an_impossible_evaluation_fails_before_training(data_root: Path, tmp_pat
     with pytest.raises(ValueError, match="the gallery is empty"):
         trainer.fit()
     assert trainer.epoch == 0 and not (tmp_path / "run" / "last.pth").exists()
+
+
+def test_bad_images_stop_the_run_naming_the_file_or_are_left_out(data_root: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from spcl.data import DatasetError
+
+    target = tmp_path / "tgt"
+    shutil.copytree(data_root / "tgt", target)
+    broken = sorted((target / "bounding_box_train").glob("*.jpg"))[3]
+    broken.write_bytes(b"\xff\xd8 truncated")
+    config = _config(data_root, tmp_path / "stop", "usl", **{"data.target": str(target), "optim.epochs": 1})
+    with pytest.raises(DatasetError, match=broken.name):
+        _run(config)
+    said: list[str] = []
+    trainer = Trainer(dataclasses.replace(config, output=str(tmp_path / "skip"),
+                                          data=dataclasses.replace(config.data, skip_bad_images=True)),
+                      log=said.append, progress=False)
+    trainer.fit()
+    assert str(broken) not in [p for p, _, _ in trainer.target.train]
+    assert any("1 files left out" in line and broken.name in line for line in said)
+    assert any(line.strip().startswith(str(broken)) for line in said[-3:]), "listed again at the end"
+
+
+def test_data_that_cannot_teach_much_is_warned_about(data_root: Path, tmp_path: Path) -> None:
+    said: list[str] = []
+    Trainer(_config(data_root, tmp_path / "w", "usl", **{"optim.batch_size": 64, "model.images_per_bn": 16}),
+            log=said.append, progress=False)
+    assert any("fewer than a batch (64)" in line for line in said)

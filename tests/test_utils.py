@@ -68,3 +68,22 @@ def test_resolve_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA"):
             resolve_device("cuda")
+
+
+def test_memory_errors_name_the_setting_that_reduces_them(monkeypatch) -> None:
+    import numpy as np
+
+    import spcl.utils.memory as memory
+    from spcl.evaluation import re_rank
+    from spcl.pseudo_labels import generate
+    from spcl.utils import OutOfMemory, check_memory, memory_advice
+
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": 2**20)  # 1 MiB left
+    with pytest.raises(OutOfMemory, match=r"re-ranking 300 queries x 600 gallery images needs about .* --rerank"):
+        re_rank(np.ones((300, 8), np.float32), np.ones((600, 8), np.float32))
+    with pytest.raises(OutOfMemory, match="neighbour search of 5000 features .* --pseudo.knn_backend faiss"):
+        generate(np.random.default_rng(0).normal(size=(5000, 64)).astype(np.float32))
+    check_memory(1000, "cpu", "a small step", "nothing")  # fits: no error
+    with pytest.raises(OutOfMemory, match=r"extracting ran out of memory \(no room\): lower eval.batch_size"):
+        with memory_advice("extracting", "lower eval.batch_size"):
+            raise MemoryError("no room")

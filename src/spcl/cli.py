@@ -24,6 +24,7 @@ _ALIASES: dict[str, tuple[str, Any]] = {
     "--height": ("data.height", None),
     "--width": ("data.width", None),
     "--workers": ("data.workers", None),
+    "--skip-bad-images": ("data.skip_bad_images", True),
     "--arch": ("model.arch", None),
     "--pretrained": ("model.pretrained", None),
     "--no-pretrained": ("model.pretrained", "none"),
@@ -243,6 +244,10 @@ def describe_error(exc: BaseException) -> tuple[str, bool]:
     import torch
     import yaml
 
+    from spcl.utils import OutOfMemory
+
+    if isinstance(exc, OutOfMemory):
+        return " ".join(str(exc).split()), True
     if isinstance(exc, torch.OutOfMemoryError) or isinstance(exc, MemoryError):
         detail = str(exc).splitlines()[0] if str(exc) else "the device is out of memory"
         return (f"{detail}. Lower --eval.batch_size (feature extraction) or --batch-size (training), or use "
@@ -256,5 +261,8 @@ def describe_error(exc: BaseException) -> tuple[str, bool]:
         return (f"{reason}: {exc.filename}" if exc.filename else reason), True
     if isinstance(exc, (ValueError, FileNotFoundError, RuntimeError)):
         known = type(exc).__module__.startswith("spcl") or type(exc) in (ValueError, FileNotFoundError)
-        return " ".join(str(exc).split()) or type(exc).__name__, known
+        text = str(exc)
+        if "Original Traceback" in text:  # raised in a loader worker: its last line is the error
+            text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+        return " ".join(text.split()) or type(exc).__name__, known
     return f"{type(exc).__name__}: {exc}", False

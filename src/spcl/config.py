@@ -8,6 +8,7 @@ command line (``--optim.lr 0.00035`` or a short alias such as ``--lr``), or from
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -17,6 +18,11 @@ from typing import Any, Literal
 import yaml
 
 MODES = ("uda", "usl", "source-only", "oracle")
+
+
+class ConfigError(ValueError):
+    """A config value, key or file is not what a config allows; the message names the field or file."""
+
 Mode = Literal["uda", "usl", "source-only", "oracle"]
 
 PRESET_DIR = Path(__file__).parent / "configs"
@@ -45,6 +51,9 @@ class DataConfig:
     """Probability of random erasing (SPEC section 7)."""
     vehicleid_test_size: int = 800
     synth_seed: int = 0
+    skip_bad_images: bool = False
+    """Decode every image before training and leave out (and list) those that fail; by default the
+    first image that cannot be read stops the run, naming the file."""
 
 
 @dataclass(frozen=True)
@@ -129,20 +138,20 @@ class Config:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.mode in ("uda", "source-only") and not self.data.source:
-            raise ValueError(f"mode {self.mode!r} needs a labelled source dataset (data.source / --source)")
+            raise ConfigError(f"mode {self.mode!r} needs a labelled source dataset (data.source / --source)")
         for key, value, valid, expected in self._ranges():
             if not valid:
-                raise ValueError(f"{key} must be {expected}, got {value!r}")
+                raise ConfigError(f"{key} must be {expected}, got {value!r}")
         if self.optim.batch_size % self.data.num_instances:
-            raise ValueError(
+            raise ConfigError(
                 f"optim.batch_size ({self.optim.batch_size}) must be a multiple of "
                 f"data.num_instances ({self.data.num_instances})"
             )
         ipb = self.model.images_per_bn
         if ipb and (ipb > self.optim.batch_size or self.optim.batch_size % ipb):
-            raise ValueError(
+            raise ConfigError(
                 f"model.images_per_bn ({ipb}) must divide optim.batch_size ({self.optim.batch_size}) so that "
                 "every BatchNorm sees as many images as the reference's GPUs did (0: the whole batch)"
             )
@@ -223,7 +232,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         return _coerce(value, non_none[0], key)
     if origin is Literal:
         if value not in args:
-            raise ValueError(f"{key} must be one of {', '.join(map(str, args))}, got {value!r}")
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, args))}, got {value!r}")
         return value
     if annotation is bool:
         if isinstance(value, bool):
@@ -232,14 +241,22 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return True
         if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"{key} must be true or false, got {value!r}")
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
     if annotation in (int, float, str):
         try:
+            if isinstance(value, (dict, list, tuple, set)) or value is None:
+                raise ValueError
+            if annotation is not str and isinstance(value, bool):
+                raise ValueError
             if annotation is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError
-            return annotation(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{key} must be {annotation.__name__}, got {value!r}") from None
+            converted = annotation(value)
+            if annotation is float and not math.isfinite(converted):
+                raise ValueError
+            return converted
+        except (TypeError, ValueError, OverflowError):
+            kind = {"int": "int", "float": "float (a finite number)", "str": "str"}[annotation.__name__]
+            raise ConfigError(f"{key} must be {kind}, got {value!r}") from None
     return value
 
 
@@ -248,8 +265,8 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     names = {f.name for f in fields(cls)}
     unknown = set(values) - names
     if unknown:
-        raise ValueError(
-            f"unknown config key(s) {', '.join(prefix + k for k in sorted(unknown))}; "
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(prefix + str(k) for k in sorted(map(str, unknown)))}; "
             f"known: {', '.join(prefix + n for n in sorted(names))}"
         )
     kwargs = {}
@@ -257,7 +274,7 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
         hint = hints[name]
         if is_dataclass(hint):
             if not isinstance(value, dict):
-                raise ValueError(f"{prefix}{name} must be a mapping")
+                raise ConfigError(f"{prefix}{name} must be a mapping")
             kwargs[name] = _build(hint, value, f"{prefix}{name}.")
         else:
             kwargs[name] = _coerce(value, hint, prefix + name)
@@ -278,9 +295,11 @@ def _nest(dotted: dict[str, Any]) -> dict[str, Any]:
     nested: dict[str, Any] = {}
     for key, value in dotted.items():
         node = nested
-        *parents, leaf = key.split(".")
-        for p in parents:
+        *parents, leaf = str(key).split(".")
+        for depth, p in enumerate(parents):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{'.'.join(parents[: depth + 1])} is a value, not a section: {key!r} cannot be set")
         node[leaf] = value
     return nested
 
@@ -288,13 +307,21 @@ def _nest(dotted: dict[str, Any]) -> dict[str, Any]:
 def load_config(
     preset: str | Path | None = None, overrides: dict[str, Any] | None = None, base: Config | None = None
 ) -> Config:
-    """Defaults <- preset YAML (a path or a preset name from ``spcl/configs``) <- dotted overrides."""
+    """Defaults <- preset YAML (a path or a preset name from ``spcl/configs``) <- dotted overrides.
+
+    Anything wrong is a ``ConfigError`` naming the field (and the file, when there is one).
+    """
     values = base.to_dict() if base is not None else {}
     if preset is not None:
         values = _merge(values, read_preset(preset))
     if overrides:
         values = _merge(values, _nest(overrides))
-    return _build(Config, values)
+    try:
+        return _build(Config, values)
+    except ConfigError as exc:
+        if preset is None:
+            raise
+        raise ConfigError(f"{exc} (config {preset_path(preset)}, with the settings given on top of it)") from None
 
 
 def preset_path(name: str | Path) -> Path:
@@ -304,22 +331,22 @@ def preset_path(name: str | Path) -> Path:
     candidate = PRESET_DIR / f"{name}.yaml"
     if candidate.is_file():
         return candidate
-    raise FileNotFoundError(
-        f"no config file {name!r} and no preset of that name; presets: {', '.join(list_presets())}"
-    )
+    raise ConfigError(f"no config file {str(name)!r} and no preset of that name; presets: {', '.join(list_presets())}")
 
 
 def read_preset(name: str | Path) -> dict[str, Any]:
     path = preset_path(name)
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read it as a UTF-8 text file ({exc})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ValueError(f"{path}: not valid YAML{where}: {problem}") from None
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of config fields at the top level")
+        raise ConfigError(f"{path}: expected a mapping of config fields at the top level")
     return values
 
 

@@ -22,7 +22,9 @@ Item = tuple[str, int, int | None]
 """One image: (absolute path, identity, camera).  Unlabelled training images have identity -1;
 camera None: unknown (the image is its own camera)."""
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+"""File endings read as images in dataset folders (any format Pillow decodes is read from a manifest)."""
+_NOT_DATA = {"thumbs.db", "desktop.ini"}
 
 
 class DatasetError(ValueError):
@@ -42,6 +44,9 @@ class Dataset:
     """The whole test list, for a protocol that redraws query and gallery from it (VehicleID: one
     gallery image per identity, averaged over 10 seeded draws; query/gallery then hold one draw).
     Empty for datasets with a fixed query/gallery split."""
+    skipped: list[str] = field(default_factory=list)
+    """Files found in the dataset's folders that are not read (not an image ending, or an image that
+    cannot be decoded when bad images are skipped): listed, never dropped silently."""
 
     @property
     def num_train_pids(self) -> int:
@@ -91,6 +96,9 @@ class Dataset:
             lines.append(f"  {split:<7} | {s['images']:>7} | {s['ids']:>6} | {cams:>7}{extra}")
         if any_unknown:
             lines.append("  images of unknown camera count as their own camera in evaluation")
+        if self.skipped:
+            shown = ", ".join(self.skipped[:3]) + (", ..." if len(self.skipped) > 3 else "")
+            lines.append(f"  skipped {len(self.skipped)} files: {shown}")
         return "\n".join(lines)
 
 
@@ -161,9 +169,25 @@ def detect_layouts(folder: Path) -> list[str]:
     return [name for name, entry in _REGISTRY.items() if entry.detect is not None and entry.detect(folder)]
 
 
-def list_images(folder: Path) -> list[Path]:
-    """All image files under ``folder`` (recursively), sorted; other files (e.g. Thumbs.db) are ignored."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+def list_images(folder: Path, skipped: list[str] | None = None) -> list[Path]:
+    """All image files under ``folder`` (recursively), sorted. Other files are appended to
+    ``skipped``, except those that are never data (hidden files, Thumbs.db, desktop.ini)."""
+    images = []
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file():
+            continue
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            images.append(path)
+        elif skipped is not None:
+            note_skipped(path, skipped)
+    return images
+
+
+def note_skipped(path: Path, skipped: list[str]) -> None:
+    """Record a file of a dataset folder that is not read, unless it is never data (hidden files,
+    Thumbs.db, desktop.ini)."""
+    if not path.name.startswith(".") and path.name.lower() not in _NOT_DATA:
+        skipped.append(str(path))
 
 
 def require_dirs(base: Path, names: Sequence[str], layout: str) -> None:

@@ -22,6 +22,7 @@ from spcl.data.base import (
     DatasetError,
     Item,
     list_images,
+    note_skipped,
     register_dataset,
     relabel_train,
     require_dirs,
@@ -49,10 +50,14 @@ def _locate(root: Path, folder: str, markers: Sequence[str], aliases: Sequence[s
 
 
 def _parse_market_dir(
-    folder: Path, cam_of: Callable[[int, Path], int], drop_junk: bool = True, pattern: re.Pattern = _PID_CAM
+    folder: Path,
+    cam_of: Callable[[int, Path], int],
+    skipped: list[str],
+    drop_junk: bool = True,
+    pattern: re.Pattern = _PID_CAM,
 ) -> list[Item]:
     items: list[Item] = []
-    for path in list_images(folder):
+    for path in list_images(folder, skipped):
         match = pattern.match(path.name)
         if match is None:
             raise DatasetError(
@@ -77,12 +82,13 @@ def _market_style(
 ) -> Dataset:
     require_dirs(base, dirs, name)
     train_dir, query_dir, gallery_dir = (base / d for d in dirs)
-    train = relabel_train(_parse_market_dir(train_dir, cam_of))
-    query = _parse_market_dir(query_dir, cam_of)
-    gallery = _parse_market_dir(gallery_dir, cam_of)
+    skipped: list[str] = []
+    train = relabel_train(_parse_market_dir(train_dir, cam_of, skipped))
+    query = _parse_market_dir(query_dir, cam_of, skipped)
+    gallery = _parse_market_dir(gallery_dir, cam_of, skipped)
     if not train:
         raise DatasetError(f"{name}: no training images found in {train_dir}")
-    return Dataset(name=name, root=str(base), train=train, query=query, gallery=gallery)
+    return Dataset(name=name, root=str(base), train=train, query=query, gallery=gallery, skipped=skipped)
 
 
 _MARKET_DIRS = ("bounding_box_train", "query", "bounding_box_test")
@@ -135,10 +141,11 @@ def read_veri(root: Path) -> Dataset:
 @register_dataset("vehiclex", description="VehicleX (AIC20_ReID_Simulation/image_train; training only)")
 def read_vehiclex(root: Path) -> Dataset:
     base = _locate(root, "AIC20_ReID_Simulation", ("image_train",), aliases=("vehiclex",))
-    train = relabel_train(_parse_market_dir(base / "image_train", lambda cam, path: cam - 6))
+    skipped: list[str] = []
+    train = relabel_train(_parse_market_dir(base / "image_train", lambda cam, path: cam - 6, skipped))
     if not train:
         raise DatasetError(f"vehiclex: no images found in {base / 'image_train'}")
-    return Dataset(name="vehiclex", root=str(base), train=train)
+    return Dataset(name="vehiclex", root=str(base), train=train, skipped=skipped)
 
 
 def _read_list(path: Path, what: str) -> list[tuple[str, int]]:
@@ -238,49 +245,66 @@ _SPLITS = ("train", "query", "gallery")
 def read_manifest(path: Path) -> Dataset:
     """Read a CSV manifest: ``path,split,pid,camid``; paths are relative to the CSV's folder.
 
-    ``pid`` empty or -1 marks an unlabelled training image.  Without a ``camid`` column the cameras
-    are unknown (None): evaluation removes no true match, only a query's own file in the gallery.
+    ``pid`` empty or -1 marks an unlabelled training image.  A ``camid`` left empty, or no ``camid``
+    column at all, means the camera is unknown (None): evaluation then removes no true match of
+    that image, only a query's own file in the gallery. The file may come from a spreadsheet:
+    a UTF-8 byte-order mark and Windows line ends are read as plain CSV. An image listed twice in
+    one split is refused, naming both lines.
     """
     path = Path(path)
     if path.is_dir():
         path = path / "manifest.csv"
     if not path.is_file():
         raise DatasetError(f"manifest: expected a CSV file with columns path,split,pid[,camid] at {path}")
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        required = {"path", "split", "pid"}
-        if not required.issubset(columns):
-            raise DatasetError(
-                f"{path}: expected columns path,split,pid[,camid], found {','.join(columns) or 'none'}"
-            )
-        has_cams = "camid" in columns
-        rows = list(reader)
+    rows: list[tuple[int, dict[str, str]]] = []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            required = {"path", "split", "pid"}
+            if not required.issubset(columns):
+                raise DatasetError(
+                    f"{path}: expected columns path,split,pid[,camid], found {','.join(columns) or 'none'}"
+                )
+            for row in reader:
+                rows.append((reader.line_num, {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}))
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
+    except csv.Error as exc:
+        raise DatasetError(f"{path}: not a readable CSV file ({exc})") from None
     base = path.parent
     splits: dict[str, list[Item]] = {s: [] for s in _SPLITS}
-    for lineno, row in enumerate(rows, 2):
-        row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
-        split = row["split"].lower()
+    first_line: dict[tuple[str, str], int] = {}
+    for lineno, row in rows:
+        split = row.get("split", "").lower()
         if split not in splits:
-            raise DatasetError(f"{path}:{lineno}: split must be train, query or gallery, got {row['split']!r}")
+            raise DatasetError(f"{path}:{lineno}: split must be train, query or gallery, got {row.get('split', '')!r}")
+        if not row.get("path"):
+            raise DatasetError(f"{path}:{lineno}: the path is empty")
         image = (base / row["path"]).resolve()
         if not image.is_file():
             raise DatasetError(f"{path}:{lineno}: image {image} does not exist")
-        pid_text = row["pid"]
+        if (split, str(image)) in first_line:
+            raise DatasetError(
+                f"{path}:{lineno}: {row['path']} is already listed in the {split} split on line "
+                f"{first_line[(split, str(image))]}; list every image once per split"
+            )
+        first_line[(split, str(image))] = lineno
+        pid_text = row.get("pid", "")
         try:
             pid = int(pid_text) if pid_text else -1
         except ValueError:
             raise DatasetError(f"{path}:{lineno}: pid must be an integer or empty, got {pid_text!r}") from None
+        if pid < -1:
+            raise DatasetError(f"{path}:{lineno}: pid must be >= 0, or -1 / empty for an unlabelled image, got {pid}")
         if pid < 0 and split != "train":
             raise DatasetError(f"{path}:{lineno}: {split} images must carry a pid")
         cam: int | None = None
-        if has_cams and row.get("camid", "") != "":
+        if row.get("camid", ""):
             try:
                 cam = int(row["camid"])
             except ValueError:
-                raise DatasetError(f"{path}:{lineno}: camid must be an integer, got {row['camid']!r}") from None
-        elif has_cams:
-            raise DatasetError(f"{path}:{lineno}: camid is empty; fill it for every row or drop the column")
+                raise DatasetError(f"{path}:{lineno}: camid must be an integer or empty, got {row['camid']!r}") from None
         splits[split].append((str(image), pid, cam))
     if not splits["train"] and not splits["query"]:
         raise DatasetError(f"{path}: the manifest lists no images")
@@ -293,18 +317,23 @@ def read_manifest(path: Path) -> Dataset:
     )
 
 
-def _folder_split(folder: Path, labelled: bool) -> list[tuple[str, str | None]]:
+def _folder_split(folder: Path, labelled: bool, skipped: list[str]) -> list[tuple[str, str | None]]:
     """(path, identity folder name or None for a loose training image) of one split."""
     items: list[tuple[str, str | None]] = []
     for pid_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
-        items.extend((str(image), pid_dir.name) for image in list_images(pid_dir))
-    loose = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        items.extend((str(image), pid_dir.name) for image in list_images(pid_dir, skipped))
+    loose = []
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            loose.append(p)
+        elif p.is_file():
+            note_skipped(p, skipped)
     if loose:
         if labelled:
             raise DatasetError(
                 f"{loose[0]}: query/gallery images must sit in one sub-folder per identity ({folder}/<id>/...)"
             )
-        items.extend((str(p), None) for p in sorted(loose))
+        items.extend((str(p), None) for p in loose)
     return items
 
 
@@ -319,7 +348,8 @@ def read_image_folder(root: Path) -> Dataset:
     Image folders carry no camera information: every camera is unknown (None).
     """
     require_dirs(root, _SPLITS, "image folder layout (train/, query/, gallery/, one sub-folder per identity)")
-    raw = {s: _folder_split(root / s, s != "train") for s in _SPLITS}
+    skipped: list[str] = []
+    raw = {s: _folder_split(root / s, s != "train", skipped) for s in _SPLITS}
     # Sub-folder names become identities: numeric names keep their value, other names get an index.
     names = sorted({pid for items in raw.values() for _, pid in items if pid is not None})
     numeric = all(n.isdigit() for n in names)
@@ -335,6 +365,7 @@ def read_image_folder(root: Path) -> Dataset:
         train=relabel_train(split_items["train"]),
         query=split_items["query"],
         gallery=split_items["gallery"],
+        skipped=skipped,
     )
 
 

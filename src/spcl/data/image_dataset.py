@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset as TorchDataset
 
-from spcl.data.base import DatasetError, Item
+from spcl.data.base import Dataset, DatasetError, Item, relabel_train
+from spcl.utils import progress as show_progress
 
 
 def read_image(path: str) -> Image.Image:
@@ -68,3 +70,27 @@ def verify_images(items: Sequence[Item]) -> None:
     """Decode every image once, so a corrupt file is found before hours of training, not during them."""
     for path, _, _ in items:
         read_image(path)
+
+
+def without_unreadable(dataset: Dataset, progress: bool = True) -> Dataset:
+    """The dataset without the images that cannot be decoded, each listed in ``skipped`` with the
+    reason (the ``--skip-bad-images`` policy; without it the first bad image stops the run)."""
+    lists = {"train": dataset.train, "query": dataset.query, "gallery": dataset.gallery, "test": dataset.test}
+    paths = sorted({path for items in lists.values() for path, _, _ in items})
+    bad: dict[str, str] = {}
+    for path in show_progress(paths, f"checking {dataset.name} images", enabled=progress):
+        try:
+            read_image(path)
+        except DatasetError as exc:
+            bad[path] = str(exc).removeprefix(f"cannot read image {path}: ")
+    if not bad:
+        return dataset
+    kept = {name: [item for item in items if item[0] not in bad] for name, items in lists.items()}
+    return replace(
+        dataset,
+        train=relabel_train(kept["train"]),
+        query=kept["query"],
+        gallery=kept["gallery"],
+        test=kept["test"],
+        skipped=[*dataset.skipped, *(f"{path} ({reason})" for path, reason in sorted(bad.items()))],
+    )

@@ -28,6 +28,7 @@ from spcl.neighbors.kreciprocal import (
     query_expansion,
 )
 from spcl.neighbors.search import TileVisitor, as_unit_features, pair_similarities, symmetric_search
+from spcl.utils import check_memory
 
 __all__ = ["re_rank"]
 
@@ -77,6 +78,12 @@ def re_rank(
     if query.shape[1] != gallery.shape[1]:
         raise ValueError(f"query and gallery features differ in size: {query.shape[1]} vs {gallery.shape[1]}")
     num_query = query.shape[0]
+    # the q x g result is dense (float32), and each block of it is built in float64 next to it
+    check_memory(
+        num_query * gallery.shape[0] * 4 * 2, "cpu", f"re-ranking {num_query} queries x {gallery.shape[0]} gallery images",
+        "re-ranking holds the whole query x gallery matrix: evaluate without --rerank (eval.rerank false), "
+        "or with a smaller gallery",
+    )
     unit = torch.cat([query, gallery.to(query.dtype)])
     del query, gallery
     n = unit.shape[0]

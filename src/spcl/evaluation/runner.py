@@ -29,8 +29,11 @@ from spcl.evaluation.protocol import ImageSet
 from spcl.evaluation.reranking import re_rank
 from spcl.evaluation.vehicleid import vehicleid_metrics
 from spcl.models import use_domain
+from spcl.utils import memory_advice
 
 __all__ = ["evaluate_model", "format_result", "save_results"]
+
+_SMALLER_BATCH = "lower eval.batch_size (--eval.batch_size), or evaluate with --device cpu"
 
 
 def evaluate_model(
@@ -51,7 +54,7 @@ def evaluate_model(
     ``transform`` is the test preprocessing (the one a checkpoint records). ``rerank`` applies
     k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3) to the query x gallery distances.
     """
-    with use_domain(model, domain):
+    with use_domain(model, domain), memory_advice(f"extracting the features of {data.name}", _SMALLER_BATCH):
         if data.test:
             features = extract_features(model, data.test, transform, device, batch_size, workers, "test features", progress)
             pids = np.array([pid for _, pid, _ in data.test])

@@ -33,7 +33,7 @@ __all__ = [
 # Side of the square tiles of the Gram matrix computed at a time (2048^2 float32 = 16 MiB),
 # and how many tiles' top-k lists a row keeps before reducing them to one.
 _TILE = 2048
-_SLOTS = 8
+CANDIDATE_SLOTS = 8
 
 
 def as_unit_features(features: Any, device: torch.device | str | None = None) -> torch.Tensor:
@@ -132,7 +132,7 @@ def symmetric_search(
     k = min(k, n)
     tile = max(1, min(n, tile or _TILE))
     device, dtype = unit.device, unit.dtype
-    candidates = _Candidates(n, k, tile, min(_SLOTS, (n + tile - 1) // tile), dtype, device)
+    candidates = _Candidates(n, k, tile, min(CANDIDATE_SLOTS, (n + tile - 1) // tile), dtype, device)
     own = torch.empty(n, dtype=dtype, device=device)
     row_min = torch.full((n,), float("inf"), dtype=dtype, device=device) if track_min else None
     for a in range(0, n, tile):

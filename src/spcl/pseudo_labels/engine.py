@@ -19,10 +19,11 @@ import scipy.sparse as sp
 import torch
 
 from spcl.config import PseudoLabelConfig
-from spcl.neighbors.search import as_unit_features, search_unit
+from spcl.neighbors.search import CANDIDATE_SLOTS, as_unit_features, search_unit
 from spcl.pseudo_labels.clustering import check_radii, cluster_three_radii
 from spcl.pseudo_labels.jaccard import jaccard_from_neighbors
 from spcl.pseudo_labels.reliability import cluster_reliability, independence_threshold, self_paced_labels
+from spcl.utils import check_memory
 
 __all__ = ["PseudoLabels", "generate", "generate_with", "labels_from_jaccard"]
 
@@ -128,6 +129,20 @@ def labels_from_jaccard(
     )
 
 
+def _check_search_memory(features: Any, k1: int, device: torch.device | str | None) -> None:
+    """The search holds the normalised features and, per row, a few tiles' worth of candidates."""
+    shape = tuple(features.shape)
+    if len(shape) != 2:
+        return  # as_unit_features says what is wrong
+    n, d = shape
+    where = device if device is not None else (features.device if isinstance(features, torch.Tensor) else "cpu")
+    needed = n * d * 4 + n * CANDIDATE_SLOTS * min(k1, n) * 12
+    check_memory(
+        needed, where, f"the neighbour search of {n} features",
+        "use --pseudo.knn_backend faiss, or run with --device cpu to give the search the machine's memory",
+    )
+
+
 def generate(
     features: Any,
     eps: float = 0.6,
@@ -174,6 +189,7 @@ def generate_with(
     s = settings
     check_radii(s.eps, s.eps_gap)
     _check_settings(s.k1, s.k2, s.min_samples, alpha)
+    _check_search_memory(features, s.k1, device)
     clock = time.perf_counter()
     unit = as_unit_features(features, device)
     ranks, _ = search_unit(unit, s.k1, backend=s.knn_backend, faiss_index=s.faiss_index)

@@ -303,11 +303,20 @@ class ConsoleLog(Hook):
         trainer.log("  ".join(parts))
 
     def after_train(self, trainer: TrainerView) -> None:
-        if trainer.epoch >= trainer.config.optim.epochs and trainer.best["epoch"] > 0:
+        if trainer.epoch < trainer.config.optim.epochs:
+            return
+        if trainer.best["epoch"] > 0:
             trainer.log(
                 f"best target mAP {100 * trainer.best['mAP']:.1f} at epoch {trainer.best['epoch']} (selected on "
                 "the test set, as the reference does; the last epoch's numbers are the ones to report)"
             )
+        for data in (trainer.source, trainer.target):
+            if data is not None and data.skipped:
+                trainer.log(f"{data.name}: {len(data.skipped)} files were left out of this run:")
+                for entry in data.skipped[:20]:
+                    trainer.log(f"  {entry}")
+                if len(data.skipped) > 20:
+                    trainer.log(f"  ... and {len(data.skipped) - 20} more")
 
 
 class SignalHandling(Hook):

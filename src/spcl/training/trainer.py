@@ -24,7 +24,7 @@ import torch
 
 from spcl.config import Config
 from spcl.data import Dataset, Item, load
-from spcl.data.image_dataset import AugmentedImages
+from spcl.data.image_dataset import AugmentedImages, without_unreadable
 from spcl.data.loader import TrainLoader
 from spcl.data.sampler import RandomMultipleGallerySampler
 from spcl.data.transforms import build_test_transform, build_train_transform
@@ -41,7 +41,7 @@ from spcl.training.checkpoint import (
 )
 from spcl.training.hooks import EpochLog, Hook, StepLosses, TrainingInterrupted, default_hooks
 from spcl.training.labels import TargetLabels, target_labeler
-from spcl.utils import RngStream, derive_seed, fault_point, progress, resolve_device
+from spcl.utils import RngStream, derive_seed, fault_point, memory_advice, progress, resolve_device
 
 __all__ = ["RESUMABLE_CHANGES", "Trainer", "TrainingDiverged", "TrainingInterrupted"]
 
@@ -150,6 +150,7 @@ class Trainer:
             raise ValueError(f"target {self.target.name} has no training images")
         if self.source is not None and self.source.num_train_pids == 0:
             raise ValueError(f"source {self.source.name} has no labelled training images")
+        self._warn_about_data()
 
         pretrained: bool | str = {"imagenet": True, "none": False}.get(c.model.pretrained, c.model.pretrained)
         bn_domains = 2 if c.mode == "uda" and c.model.dsbn else 1
@@ -201,7 +202,25 @@ class Trainer:
         options: dict[str, Any] = {"test_size": self.config.data.vehicleid_test_size} if name == "vehicleid" else {}
         if name.startswith("synth-"):
             options["seed"] = self.config.data.synth_seed
-        return load(name, self.config.data.root, **options)
+        dataset = load(name, self.config.data.root, **options)
+        if self.config.data.skip_bad_images:
+            dataset = without_unreadable(dataset, self.progress)
+        if dataset.skipped:
+            shown = "; ".join(dataset.skipped[:5]) + ("; ..." if len(dataset.skipped) > 5 else "")
+            self.log(f"note: {dataset.name}: {len(dataset.skipped)} files left out: {shown}")
+        return dataset
+
+    def _warn_about_data(self) -> None:
+        """Say when the training data cannot teach much, rather than train on it silently."""
+        c = self.config
+        if self.source is not None and self.source.num_train_pids == 1:
+            self.log(f"warning: the source {self.source.name} has a single identity: its classes teach nothing")
+        domains = [("source", self.source)] if self.source is not None else []
+        domains += [("target", self.target)] if self.train_target else []
+        for role, data in domains:
+            if data is not None and len(data.train) < c.optim.batch_size:
+                self.log(f"warning: the {role} {data.name} has {len(data.train)} training images, fewer than a batch "
+                         f"({c.optim.batch_size}): every batch repeats images")
 
     @property
     def target_labels(self) -> np.ndarray:
@@ -241,6 +260,10 @@ class Trainer:
 
     def init_memory(self) -> None:
         """Fill the memory with one forward pass of the initial encoder (SPEC section 4)."""
+        with memory_advice("extracting the initial memory features", "lower eval.batch_size (--eval.batch_size)"):
+            self._init_memory()
+
+    def _init_memory(self) -> None:
         if self.source is not None:
             features = self._extract(self.source.train, 0, "source features")
             self.memory.init_source(features, [p for _, p, _ in self.source.train])
@@ -261,7 +284,10 @@ class Trainer:
         """The classes of the target slots for this epoch (SPEC section 6), set in the memory."""
         if self.labeler is None:
             return None
-        labels = self.labeler(self.memory.target_features)
+        remedy = ("lower pseudo.k1 (the neighbours kept per image), or use --pseudo.knn_backend faiss; on an "
+                  "accelerator, --device cpu gives the search the machine's memory")
+        with memory_advice(f"pseudo-labelling {self.num_target} target features on {self.device}", remedy):
+            labels = self.labeler(self.memory.target_features)
         fault_point(f"labels:{self.epoch + 1}")
         self.memory.set_pseudo_labels(labels.labels)
         return labels
