@@ -322,3 +322,23 @@ def test_data_that_cannot_teach_much_is_warned_about(data_root: Path, tmp_path: 
     Trainer(_config(data_root, tmp_path / "w", "usl", **{"optim.batch_size": 64, "model.images_per_bn": 16}),
             log=said.append, progress=False)
     assert any("fewer than a batch (64)" in line for line in said)
+
+
+@pytest.mark.parametrize("device", ["cpu", *(["cuda"] if torch.cuda.is_available() else [])])
+def test_a_resume_restores_the_saved_state_bit_for_bit(data_root: Path, tmp_path: Path, device: str) -> None:
+    from spcl.training.checkpoint import checksum
+
+    config = _config(data_root, tmp_path / "run", **{"optim.epochs": 2, "eval.every": 0, "device": device})
+    first = Trainer(config, log=lambda _: None, progress=False)
+    first.init_memory()
+    first.assign_labels()
+    first.train_epoch()
+    saved = first.state()
+    second = Trainer(config, log=lambda _: None, progress=False)
+    second.load_state(load_checkpoint_roundtrip(saved, tmp_path / "s.pth"))
+    assert checksum(second.state()) == checksum(saved)
+
+
+def load_checkpoint_roundtrip(state: dict, path: Path) -> dict:
+    save_checkpoint(state, path)
+    return load_checkpoint(path)
