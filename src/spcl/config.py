@@ -209,6 +209,10 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def to_dotted(self) -> dict[str, Any]:
+        """Every field by its dotted name (``optim.lr``), as the command line names them."""
+        return dotted(self.to_dict())
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
@@ -291,9 +295,20 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _nest(dotted: dict[str, Any]) -> dict[str, Any]:
+def dotted(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping of config values flattened to dotted names (the inverse of nesting them)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(dotted(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     nested: dict[str, Any] = {}
-    for key, value in dotted.items():
+    for key, value in flat.items():
         node = nested
         *parents, leaf = str(key).split(".")
         for depth, p in enumerate(parents):

@@ -152,18 +152,9 @@ class TrainTransform:
                 f"erasing={self.erasing!r})")
 
 
-def build_train_transform(
-    height: int,
-    width: int,
-    flip_p: float = 0.5,
-    padding: int = 10,
-    erasing_p: float = 0.5,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> TrainTransform:
-    """The training augmentation (SPEC section 7); each step can be switched off: ``flip_p=0``,
-    ``padding=0``, ``erasing_p=0``."""
-    return TrainTransform(height, width, flip_p, padding, erasing_p, mean, std)
+build_train_transform = TrainTransform
+"""The training augmentation (SPEC section 7); each step can be switched off: ``flip_p=0``,
+``padding=0``, ``erasing_p=0``."""
 
 
 def build_test_transform(

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from spcl.config import Config, ModelConfig, load_config
+from spcl.config import Config, ModelConfig, dotted, load_config
 from spcl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from spcl.models import Pretrained, build_encoder, convert_dsbn, set_images_per_bn
 from spcl.utils import fault_point
@@ -263,14 +263,4 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
 
 def config_of(state: dict[str, Any]) -> Config:
     """The config of the run that wrote a checkpoint."""
-    return load_config(overrides=_flatten(state["config"]))
-
-
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
+    return load_config(overrides=dotted(state["config"]))

@@ -451,8 +451,8 @@ class Trainer:
     def _check_settings(self, state: dict[str, Any]) -> None:
         """Refuse to continue a run with other training settings; say which changes are allowed."""
         saved_config = config_of(state)
-        saved = {**_flat(saved_config.to_dict()), "iterations per epoch": saved_config.iters_per_epoch}
-        now = {**_flat(self.config.to_dict()), "iterations per epoch": self.config.iters_per_epoch}
+        saved = {**saved_config.to_dotted(), "iterations per epoch": saved_config.iters_per_epoch}
+        now = {**self.config.to_dotted(), "iterations per epoch": self.config.iters_per_epoch}
         changed = {key for key in now if saved.get(key) != now[key]}
         refused = sorted(changed - set(RESUMABLE_CHANGES))
         if refused:
@@ -479,12 +479,3 @@ class Trainer:
         self.saved_at = (self.epoch, self.iteration)
         return path
 
-
-def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
