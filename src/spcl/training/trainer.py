@@ -6,9 +6,10 @@ the target is trained on).  Per epoch the target slots get labels (``spcl.traini
 labels with the self-paced criterion (uda, usl), or the true identities (oracle).  A source-only run
 has no target slots.
 
-``fit`` is the loop of SPEC section 7; what happens after an epoch's training (evaluate,
-checkpoint, log) is done by hooks (``spcl.training.hooks``), and every stage is a method a
-subclass may replace. What a resume restores is one list, :meth:`Trainer.checkpointables`.
+``fit`` is the loop of SPEC section 7; what happens around the training (checkpoint, evaluate,
+log, signals) is done by hooks (``spcl.training.hooks``), and every stage is a method a subclass
+may replace. What a resume restores is one list, :meth:`Trainer.checkpointables`; a run resumed
+in the middle of an epoch continues with exactly the next batch.
 """
 
 from __future__ import annotations
