@@ -131,7 +131,7 @@ def labels_from_jaccard(
 
 def _check_search_memory(features: Any, k1: int, device: torch.device | str | None) -> None:
     """The search holds the normalised features and, per row, a few tiles' worth of candidates."""
-    shape = tuple(features.shape)
+    shape = tuple(features.shape) if hasattr(features, "shape") else np.shape(features)
     if len(shape) != 2:
         return  # as_unit_features says what is wrong
     n, d = shape
