@@ -248,7 +248,7 @@ def describe_error(exc: BaseException) -> tuple[str, bool]:
 
     if isinstance(exc, OutOfMemory):
         return " ".join(str(exc).split()), True
-    if isinstance(exc, torch.OutOfMemoryError) or isinstance(exc, MemoryError):
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         detail = str(exc).splitlines()[0] if str(exc) else "the device is out of memory"
         return (f"{detail}. Lower --eval.batch_size (feature extraction) or --batch-size (training), or use "
                 "--device cpu for what does not fit the accelerator", True)

@@ -46,7 +46,7 @@ def _check_options(name: str, reader: Callable[..., Dataset], options: dict[str,
     parameters = inspect.signature(reader).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return
-    accepted = [n for n in list(parameters)[1:]]
+    accepted = list(parameters)[1:]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         takes = f"its options are {', '.join(accepted)}" if accepted else "it takes no options"
@@ -67,11 +67,9 @@ def load(name_or_path: str | Path, root: str | Path | None = None, **options) ->
     of the registered layouts.  ``options`` go to the reader (e.g. ``test_size`` and ``draw`` for vehicleid).
     """
     key = str(name_or_path)
-    entry = get_reader(key)
-    if entry is not None:
+    if get_reader(key) is not None:
         data_root = Path(root) if root is not None else Path("data")
-        _check_options(key, entry.reader, options)
-        return entry.reader(data_root.expanduser(), **options)
+        return _read_as(key, data_root.expanduser(), options)
     path = Path(key).expanduser()
     if root is not None and not path.is_absolute() and not path.exists():
         path = Path(root) / path

@@ -15,6 +15,7 @@ import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -102,16 +103,23 @@ class Dataset:
         return "\n".join(lines)
 
 
-def camera_codes(camids: Sequence[int | None]) -> np.ndarray:
-    """Cameras as int64 codes where an unknown camera (None) never equals any other code.
+def camera_codes(camids: Sequence[Any]) -> np.ndarray:
+    """Cameras (ints or strings) as int64 codes where an unknown camera (None) never equals any other.
 
     Known cameras map to 0..K-1 in ascending order; the i-th image of unknown camera gets K + i. The
     sampler's "other camera" rule and the evaluation's same-camera filter then need no special case.
     """
     unknown = np.fromiter((c is None for c in camids), dtype=bool, count=len(camids))
-    cams = np.fromiter((0 if c is None else c for c in camids), dtype=np.int64, count=len(camids))
-    values = np.unique(cams[~unknown])
-    codes = np.searchsorted(values, cams).astype(np.int64)
+    if unknown.any():
+        known = np.asarray([c for c, missing in zip(camids, unknown) if not missing])
+    else:  # the common case, kept vectorised
+        known = np.asarray(camids)
+    try:
+        values, inverse = np.unique(known, return_inverse=True)
+    except TypeError as error:
+        raise ValueError(f"cameras must be comparable labels of one kind (ints or strings): {error}") from None
+    codes = np.empty(len(camids), dtype=np.int64)
+    codes[~unknown] = inverse.reshape(-1)
     codes[unknown] = len(values) + np.arange(int(unknown.sum()))
     return codes
 

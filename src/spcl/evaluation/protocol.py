@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spcl.data.base import Item
+from spcl.data.base import Item, camera_codes
 
 __all__ = ["ImageSet", "Protocol"]
 
@@ -76,21 +76,14 @@ def _encode_pair(query: np.ndarray, gallery: np.ndarray, name: str) -> tuple[np.
 
 
 def _encode_cameras(query: np.ndarray, gallery: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Shared camera codes; an unknown camera (None) gets a code of its own, equal to no other.
+    """Shared camera codes (``spcl.data.camera_codes``: an unknown camera equals no other).
 
     All cameras unknown is the same as no cameras: (None, None), and the filter removes nothing.
     """
     both = np.concatenate([query, gallery])
-    unknown = np.fromiter((c is None for c in both), dtype=bool, count=len(both)) if both.dtype == object else None
-    if unknown is None or not unknown.any():
-        return _encode_pair(query, gallery, "camids")
-    if unknown.all():
+    if both.dtype == object and all(c is None for c in both):
         return None, None
-    known = ~unknown
-    known_query, known_gallery = _encode_pair(query[known[: len(query)]], gallery[known[len(query) :]], "camids")
-    codes = np.empty(len(both), dtype=np.int64)
-    codes[known] = np.concatenate([known_query, known_gallery])
-    codes[unknown] = codes[known].max(initial=-1) + 1 + np.arange(int(unknown.sum()))
+    codes = camera_codes(both)
     return codes[: len(query)], codes[len(query) :]
 
 

@@ -12,8 +12,6 @@ chains the two.
 
 from __future__ import annotations
 
-import csv
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from spcl.evaluation.protocol import ImageSet
 from spcl.evaluation.reranking import re_rank
 from spcl.evaluation.vehicleid import vehicleid_metrics
 from spcl.models import use_domain
-from spcl.utils import memory_advice
+from spcl.utils import memory_advice, write_csv
 
 __all__ = ["evaluate_model", "format_result", "save_results"]
 
@@ -80,7 +78,6 @@ def save_results(result: Mapping[str, Any], folder: str | Path, queries: list[It
     camera, AP and the rank of its first true match, for ranked-list views) or, for a protocol that
     averages gallery draws, ``draws.csv`` (one row per draw). Returns the file written."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     if "draw_mAP" in result:
         cmc = np.asarray(result["draw_cmc"])
         header = ["draw", "mAP", *(f"rank{k}" for k in (1, 5, 10) if k <= cmc.shape[1])]
@@ -88,7 +85,7 @@ def save_results(result: Mapping[str, Any], folder: str | Path, queries: list[It
             [d, f"{m:.6f}", *(f"{cmc[d, k - 1]:.6f}" for k in (1, 5, 10) if k <= cmc.shape[1])]
             for d, m in enumerate(result["draw_mAP"])
         ]
-        return _write_csv(folder / "draws.csv", header, rows)
+        return write_csv(folder / "draws.csv", header, rows)
     ap = np.asarray(result.get("ap", []))
     first = np.asarray(result.get("first_match_rank", []))
     rows = []
@@ -96,14 +93,4 @@ def save_results(result: Mapping[str, Any], folder: str | Path, queries: list[It
         a = ap[i] if i < len(ap) else float("nan")
         r = int(first[i]) if i < len(first) else -1
         rows.append([path, pid, "" if cam is None else cam, f"{a:.6f}", r])
-    return _write_csv(folder / "per_query.csv", ["query", "pid", "camid", "ap", "first_match_rank"], rows)
-
-
-def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(tmp, path)
-    return path
+    return write_csv(folder / "per_query.csv", ["query", "pid", "camid", "ap", "first_match_rank"], rows)

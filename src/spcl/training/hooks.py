@@ -14,7 +14,6 @@ again on resume; ``metrics.csv`` is rebuilt from the history the checkpoint hold
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import signal
@@ -31,7 +30,7 @@ from spcl.evaluation import ImageSet, save_results
 from spcl.evaluation.protocol import Protocol as EvaluationProtocol
 from spcl.training.checkpoint import newest_checkpoint, remove_stale_temporaries
 from spcl.training.run_folder import RunFolder
-from spcl.utils import fault_point
+from spcl.utils import fault_point, write_csv
 
 __all__ = [
     "Checkpointing",
@@ -250,16 +249,9 @@ class MetricsLog(Hook):
 
     @staticmethod
     def _write_csv(trainer: TrainerView) -> None:
-        rows = [{k: str(v) for k, v in _row(entry).items()} for entry in trainer.history]
+        rows = [_row(entry) for entry in trainer.history]
         keys = list(dict.fromkeys(k for r in rows for k in r))
-        path = trainer.output / "metrics.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(".metrics.csv.tmp")
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=keys)
-            w.writeheader()
-            w.writerows(rows)
-        tmp.replace(path)
+        write_csv(trainer.output / "metrics.csv", keys, ([str(r[k]) if k in r else "" for k in keys] for r in rows))
 
 
 def _row(entry: EpochLog) -> dict[str, Any]:

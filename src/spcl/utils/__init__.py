@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from spcl.utils.devices import resolve_device
 from spcl.utils.faults import fault_point
+from spcl.utils.files import write_csv
 from spcl.utils.memory import OutOfMemory, available_memory, check_memory, memory_advice
 from spcl.utils.progress import progress
 from spcl.utils.seeding import RngStream, derive_seed
@@ -20,4 +21,5 @@ __all__ = [
     "memory_advice",
     "progress",
     "resolve_device",
+    "write_csv",
 ]
