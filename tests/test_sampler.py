@@ -159,3 +159,22 @@ def test_short_passes_are_chained_up_to_min_length() -> None:
     again = RandomMultipleGallerySampler(pids, cams, num_instances=4, seed=1)
     chained = list(again) + list(again) + list(again)
     assert first == chained
+
+
+def test_rank_batches_split_the_global_batches() -> None:
+    from spcl.data.loader import RankBatches
+
+    pids, cams = _toy_labels()
+    sampler = RandomMultipleGallerySampler(pids, cams, num_instances=4, seed=5, min_length=40)
+    sampler.set_epoch(2)
+    whole = list(RankBatches(sampler, batch_size=8))
+    parts = []
+    for rank in range(4):
+        sampler.set_epoch(2)  # every rank draws the same global stream
+        parts.append(list(RankBatches(sampler, batch_size=8, rank=rank, world_size=4)))
+    assert whole and all(len(p) == len(whole) for p in parts)
+    for i, batch in enumerate(whole):
+        assert len(batch) == 8
+        assert [x for p in parts for x in p[i]] == batch  # rank 0's two, then rank 1's two, ...
+    with pytest.raises(ValueError, match="does not split evenly over 3 processes"):
+        RankBatches(sampler, batch_size=8, rank=0, world_size=3)

@@ -342,3 +342,26 @@ def test_a_resume_restores_the_saved_state_bit_for_bit(data_root: Path, tmp_path
 def load_checkpoint_roundtrip(state: dict, path: Path) -> dict:
     save_checkpoint(state, path)
     return load_checkpoint(path)
+
+
+def test_bf16_autocast_and_channels_last_on_cpu(data_root: Path, tmp_path: Path) -> None:
+    config = _config(data_root, tmp_path / "amp", **{"optim.epochs": 1, "optim.iters": 3, "runtime.amp": "bf16",
+                                                      "runtime.channels_last": "on", "eval.every": 0})
+    trainer = Trainer(config, log=lambda _: None, progress=False)
+    assert trainer.amp_dtype == torch.bfloat16 and trainer.channels_last
+    seen = []
+    handle = trainer.model.backbone.conv1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    trainer.fit()
+    handle.remove()
+    assert torch.bfloat16 in seen  # the encoder ran in bf16 ...
+    entry = trainer.history[-1]
+    assert np.isfinite(entry.loss) and np.isfinite(entry.loss_source) and np.isfinite(entry.loss_target)
+    assert trainer.memory.features.dtype == torch.float32  # ... the memory stays float32 and unit length
+    norms = trainer.memory.features.norm(dim=1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+    assert "scaler" not in trainer.checkpointables()  # bf16 needs no loss scaling
+
+
+def test_fp16_on_cpu_is_refused(data_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="fp16 mixed precision needs a CUDA device"):
+        Trainer(_config(data_root, tmp_path / "fp16", **{"runtime.amp": "fp16"}), log=lambda _: None, progress=False)

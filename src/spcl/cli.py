@@ -45,6 +45,8 @@ _ALIASES: dict[str, tuple[str, Any]] = {
     "--output": ("output", None),
     "--no-resume": ("resume", False),
     "--checkpoint-every": ("checkpoint_every", None),
+    "--amp": ("runtime.amp", None),
+    "--sync-bn": ("model.sync_bn", True),
 }
 
 
@@ -122,8 +124,15 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from spcl.training import Trainer
 
+    from spcl.utils import close_distributed, init_distributed, resolve_device
+
     config = _config_from_args(args, args.mode)
-    Trainer(config).fit()
+    # under torchrun: join the process group (one process: nothing to join)
+    dist = init_distributed(resolve_device(config.device), config.runtime.backend, config.runtime.timeout_minutes)
+    try:
+        Trainer(config, dist=dist).fit()
+    finally:
+        close_distributed()
     return 0
 
 

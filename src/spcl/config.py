@@ -54,6 +54,10 @@ class DataConfig:
     skip_bad_images: bool = False
     """Decode every image before training and leave out (and list) those that fail; by default the
     first image that cannot be read stops the run, naming the file."""
+    prefetch: int = 4
+    """Batches each loader worker prepares ahead (``DataLoader(prefetch_factor=...)``)."""
+    persistent_workers: bool = True
+    """Keep the loader workers alive for the whole run instead of starting them at every pass."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,9 @@ class ModelConfig:
     """Every BatchNorm normalises sub-batches of this many images (16 = the reference's 4 GPUs)."""
     freeze_dsbn_neck_bias: bool = False
     """The reference un-freezes the neck bias when converting to DSBN; True keeps it frozen."""
+    sync_bn: bool = False
+    """With several processes, a BatchNorm group of images_per_bn images may span ranks (their
+    statistics are shared across them); off, as in the reference: each rank normalises its own."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,23 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeConfig:
+    """How the run uses the machine; none of it changes what is computed beyond float rounding."""
+
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    """Mixed precision of the encoder (``torch.autocast``): auto = bf16 on CUDA (fp16 with a gradient
+    scaler where bf16 is missing), off on the CPU. The memory, its update and the loss stay float32."""
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    """Channels-last memory layout for the convolutions: auto = on with CUDA."""
+    deterministic: bool = False
+    """Bit-reproducible CUDA kernels (``torch.use_deterministic_algorithms``, no cuDNN autotuning)."""
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """torch.distributed backend under torchrun: auto = NCCL on CUDA, gloo on the CPU."""
+    timeout_minutes: float = 60.0
+    """How long a process waits for the others (rank 0 alone computes pseudo labels and evaluations)."""
+
+
+@dataclass(frozen=True)
 class Config:
     mode: Mode = "uda"
     data: DataConfig = field(default_factory=DataConfig)
@@ -127,6 +151,7 @@ class Config:
     pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     seed: int = 1
     device: str = "auto"
     output: str = "runs/spcl"
@@ -164,6 +189,7 @@ class Config:
             ("data.height", d.height, d.height >= 16, "at least 16 pixels"),
             ("data.width", d.width, d.width >= 16, "at least 16 pixels"),
             ("data.workers", d.workers, d.workers >= 0, ">= 0"),
+            ("data.prefetch", d.prefetch, d.prefetch >= 1, ">= 1"),
             ("data.num_instances", d.num_instances, d.num_instances >= 1, ">= 1"),
             ("data.padding", d.padding, d.padding >= 0, ">= 0"),
             ("data.flip_p", d.flip_p, 0.0 <= d.flip_p <= 1.0, probability),
@@ -192,6 +218,7 @@ class Config:
             ("optim.batch_size", o.batch_size, o.batch_size >= 1, ">= 1"),
             ("eval.every", e.every, e.every >= 0, ">= 0 (0: after the last epoch only)"),
             ("eval.batch_size", e.batch_size, e.batch_size >= 1, ">= 1"),
+            ("runtime.timeout_minutes", self.runtime.timeout_minutes, self.runtime.timeout_minutes > 0, "> 0"),
             ("checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 0, ">= 0 (0: at epoch ends only)"),
         ]
 

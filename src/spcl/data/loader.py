@@ -9,6 +9,7 @@ batches taken from it since, which is all a resume needs: the passes are pure fu
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -17,11 +18,40 @@ from torch.utils.data import DataLoader
 from spcl.data.image_dataset import AugmentedImages
 from spcl.data.sampler import RandomMultipleGallerySampler
 
-__all__ = ["TrainLoader"]
+__all__ = ["RankBatches", "TrainLoader"]
+
+
+class RankBatches:
+    """Cuts the sampler's one global stream into batches of ``batch_size`` and yields this rank's
+    consecutive slice of each (all of it with one process): K ranks together see exactly the
+    batches one process would, in the same order."""
+
+    def __init__(self, sampler: RandomMultipleGallerySampler, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
+        if batch_size % world_size:
+            raise ValueError(f"a batch of {batch_size} does not split evenly over {world_size} processes")
+        self.sampler = sampler
+        self.batch_size = batch_size
+        per_rank = batch_size // world_size
+        self.part = slice(rank * per_rank, (rank + 1) * per_rank)
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        batch: list[Any] = []
+        for entry in self.sampler:
+            batch.append(entry)
+            if len(batch) == self.batch_size:
+                yield batch[self.part]
+                batch = []
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size
 
 
 class TrainLoader:
-    """Endless batches of ``(images, pids, indexes)`` of one domain for one epoch."""
+    """Endless batches of ``(images, pids, indexes)`` of one domain, this rank's part of each.
+
+    ``batch_size`` is the global batch (all ranks together). With ``persistent`` workers the same
+    worker processes serve every pass and, through :meth:`set_sampler`, every epoch.
+    """
 
     def __init__(
         self,
@@ -32,16 +62,30 @@ class TrainLoader:
         workers: int = 0,
         generator: torch.Generator | None = None,
         pin_memory: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        prefetch: int = 2,
+        persistent: bool = False,
     ) -> None:
-        self.sampler = sampler
+        self.batches_of = RankBatches(sampler, batch_size, rank, world_size)
         self.batch_size = batch_size
+        extra: dict[str, Any] = {"prefetch_factor": prefetch, "persistent_workers": persistent} if workers > 0 else {}
         self.loader = DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
-            generator=generator, pin_memory=pin_memory, persistent_workers=False,
+            dataset, batch_sampler=self.batches_of, num_workers=workers, generator=generator,
+            pin_memory=pin_memory, **extra,
         )
         self._iterator: Any = None
         self.iter_pass = sampler.pass_index
         self.batches = 0
+
+    @property
+    def sampler(self) -> RandomMultipleGallerySampler:
+        return self.batches_of.sampler
+
+    def set_sampler(self, sampler: RandomMultipleGallerySampler) -> None:
+        """Continue with another stream (the next epoch's labels), keeping the worker processes."""
+        self.batches_of.sampler = sampler
+        self._iterator, self.iter_pass, self.batches = None, sampler.pass_index, 0
 
     def next(self) -> Any:
         """The next batch, starting a new pass of the sampler when the current one is used up."""
@@ -59,7 +103,8 @@ class TrainLoader:
         raise RuntimeError("the sampler yields no full batch: fewer training samples than the batch size")
 
     def state_dict(self) -> dict[str, int]:
-        """Where the stream is: the pass the current iteration started at and the batches taken from it."""
+        """Where the stream is: the pass the current iteration started at and the (global) batches
+        taken from it; the same on every rank, so any number of ranks can resume it."""
         return {"pass": int(self.iter_pass), "batches": int(self.batches)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from spcl.data import ImageDataset, Item
+from spcl.utils import Distributed
 from spcl.utils import progress as show_progress
 
 __all__ = ["extract_features"]
@@ -28,8 +29,21 @@ def extract_features(
     workers: int = 0,
     desc: str = "features",
     progress: bool = True,
+    dist: Distributed | None = None,
 ) -> torch.Tensor:
-    """Features of ``items`` in list order, as a float32 CPU tensor (N x d)."""
+    """Features of ``items`` in list order, as a float32 CPU tensor (N x d).
+
+    With ``dist`` (several processes), each rank encodes its contiguous share of the list and every
+    rank receives all the features, in list order."""
+    if dist is not None and dist.enabled:
+        if not items:
+            raise ValueError(f"{desc}: no images to extract features from")
+        share = list(items[dist.shard(len(items))])
+        local = (
+            extract_features(model, share, transform, device, batch_size, workers, desc, progress)
+            if share else torch.empty(0, 0)
+        )
+        return dist.gather_rows(local)
     loader = DataLoader(
         ImageDataset(items, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
         pin_memory=torch.device(device).type == "cuda",

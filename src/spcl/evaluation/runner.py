@@ -27,7 +27,7 @@ from spcl.evaluation.protocol import ImageSet
 from spcl.evaluation.reranking import re_rank
 from spcl.evaluation.vehicleid import vehicleid_metrics
 from spcl.models import use_domain
-from spcl.utils import memory_advice, write_csv
+from spcl.utils import Distributed, memory_advice, write_csv
 
 __all__ = ["evaluate_model", "format_result", "save_results"]
 
@@ -45,22 +45,30 @@ def evaluate_model(
     batch_size: int = 128,
     workers: int = 0,
     progress: bool = True,
+    dist: Distributed | None = None,
 ) -> dict[str, Any]:
     """mAP / CMC of ``model`` on ``data``'s test images through BN branch ``domain`` (-1: the
     target, 0: the source of a DSBN model; ignored without DSBN).
 
     ``transform`` is the test preprocessing (the one a checkpoint records). ``rerank`` applies
-    k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3) to the query x gallery distances.
+    k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3) to the query x gallery distances. With
+    ``dist`` (several processes) the ranks share the feature extraction, rank 0 computes the
+    metrics once (re-ranking needs the whole gallery in one place) and every rank gets the result.
     """
+    dist = dist or Distributed()
+    test_set = data.test if data.test else data.query + data.gallery
+    if not data.test and (not data.query or not data.gallery):
+        raise ValueError(f"{data.name} has no query/gallery split to evaluate on")
     with use_domain(model, domain), memory_advice(f"extracting the features of {data.name}", _SMALLER_BATCH):
-        if data.test:
-            features = extract_features(model, data.test, transform, device, batch_size, workers, "test features", progress)
-            pids = np.array([pid for _, pid, _ in data.test])
-            return dict(vehicleid_metrics(features, pids, rerank=rerank, device=device))
-        if not data.query or not data.gallery:
-            raise ValueError(f"{data.name} has no query/gallery split to evaluate on")
-        items = data.query + data.gallery
-        features = extract_features(model, items, transform, device, batch_size, workers, "eval features", progress)
+        desc = "test features" if data.test else "eval features"
+        features = extract_features(model, test_set, transform, device, batch_size, workers, desc, progress, dist)
+    return dist.run_on_main(lambda: _metrics(data, features, rerank, device), f"evaluating on {data.name}")
+
+
+def _metrics(data: Dataset, features: torch.Tensor, rerank: bool, device: torch.device | str) -> dict[str, Any]:
+    if data.test:
+        pids = np.array([pid for _, pid, _ in data.test])
+        return dict(vehicleid_metrics(features, pids, rerank=rerank, device=device))
     query = ImageSet.from_items(data.query, features[: len(data.query)])
     gallery = ImageSet.from_items(data.gallery, features[len(data.query) :])
     if rerank:

@@ -10,6 +10,8 @@ domains, then each domain's part is split into chunks of ``n``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,7 +19,14 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from spcl.models.module_swap import plain_bn_type, replace_modules
 
-__all__ = ["SubBatchNorm1d", "SubBatchNorm2d", "get_images_per_bn", "set_images_per_bn"]
+__all__ = [
+    "SubBatchNorm1d",
+    "SubBatchNorm2d",
+    "batchnorm_buffers",
+    "get_images_per_bn",
+    "set_bn_groups",
+    "set_images_per_bn",
+]
 
 
 class _SubBatchNorm(_BatchNorm):
@@ -42,12 +51,18 @@ class _SubBatchNorm(_BatchNorm):
     """
 
     images_per_bn: int | None = None
+    sync_group: Any = None
+    """A process group whose ranks' inputs form one BatchNorm group together (``set_bn_groups``)."""
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, images_per_bn={self.images_per_bn}"
+        synced = ", synced across processes" if self.sync_group is not None else ""
+        return f"{super().extra_repr()}, images_per_bn={self.images_per_bn}{synced}"
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         n = self.images_per_bn
+        if self.sync_group is not None and self.training:
+            self._check_input_dim(input)
+            return self._synced_forward(input)
         if not n or not self.training or input.shape[0] <= n:
             return super().forward(input)
         self._check_input_dim(input)
@@ -76,6 +91,35 @@ class _SubBatchNorm(_BatchNorm):
                 self.running_mean.lerp_(means.mean(0), factor)
                 self.running_var.lerp_(variances.mean(0), factor)
         return out
+
+    def _synced_forward(self, input: torch.Tensor) -> torch.Tensor:
+        """Batch statistics over the inputs of all ranks of ``sync_group`` (this rank's input is
+        its part of one group), differentiable through the collectives like ``nn.SyncBatchNorm``,
+        which has no CPU kernels; computed in float32 whatever the autocast dtype."""
+        from torch.distributed.nn.functional import all_reduce
+
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                factor = 1.0 / float(self.num_batches_tracked)
+        x = input.float()
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        local_count = x.new_tensor([x.numel() / x.shape[1]])
+        sums = all_reduce(torch.cat([x.sum(dims), local_count]), group=self.sync_group)
+        count = sums[-1]
+        mean = sums[:-1] / count
+        centred = x - mean.view(shape)
+        var = all_reduce((centred * centred).sum(dims), group=self.sync_group) / count
+        out = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.weight is not None:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        if self.running_mean is not None and self.running_var is not None:
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.detach(), factor)
+                self.running_var.lerp_(var.detach() * count / (count - 1).clamp(min=1), factor)
+        return out.to(input.dtype)
 
 
 class SubBatchNorm1d(_SubBatchNorm, nn.BatchNorm1d):
@@ -136,6 +180,44 @@ def set_images_per_bn(model: nn.Module, images_per_bn: int | None) -> nn.Module:
         return new
 
     return replace_modules(model, swap)
+
+
+def set_bn_groups(model: nn.Module, ranks_per_group: int, dist: Any) -> nn.Module:
+    """Let ``ranks_per_group`` consecutive ranks (a ``spcl.utils.Distributed``) normalise their
+    images together in every BatchNorm of ``model`` during training.
+
+    With K processes each holding ``B / K`` images of a domain, a group of ``images_per_bn`` images
+    spans ``images_per_bn / (B / K)`` ranks (all K for whole-batch statistics). Every rank must call
+    this (it creates the process groups). 1 leaves the BatchNorms as they are.
+    """
+    if ranks_per_group <= 1:
+        return model
+    if dist.world_size % ranks_per_group:
+        raise ValueError(f"{dist.world_size} processes do not split into BatchNorm groups of {ranks_per_group}")
+    import torch.distributed
+
+    group, _ = torch.distributed.new_subgroups(ranks_per_group)
+
+    def swap(m: nn.Module) -> nn.Module | None:
+        plain = plain_bn_type(m) if isinstance(m, _BatchNorm) else None
+        if plain is None:
+            return None
+        new = m if isinstance(m, _SubBatchNorm) else _swap_class(m, _SUB_BATCH_CLASS[plain])
+        new.sync_group = group
+        return new
+
+    return replace_modules(model, swap)
+
+
+def batchnorm_buffers(model: nn.Module) -> list[torch.Tensor]:
+    """The running means and variances of every BatchNorm of ``model`` (what the ranks average)."""
+    return [
+        buf
+        for m in model.modules()
+        if isinstance(m, _BatchNorm)
+        for buf in (m.running_mean, m.running_var)
+        if buf is not None
+    ]
 
 
 def get_images_per_bn(model: nn.Module) -> int | None:

@@ -28,9 +28,9 @@ from spcl.config import Config
 from spcl.data import Dataset
 from spcl.evaluation import ImageSet, save_results
 from spcl.evaluation.protocol import Protocol as EvaluationProtocol
-from spcl.training.checkpoint import newest_checkpoint, remove_stale_temporaries
+from spcl.training.checkpoint import CheckpointError, newest_checkpoint, remove_stale_temporaries
 from spcl.training.run_folder import RunFolder
-from spcl.utils import fault_point, write_csv
+from spcl.utils import Distributed, fault_point, write_csv
 
 __all__ = [
     "Checkpointing",
@@ -88,6 +88,7 @@ class TrainerView(Protocol):
     config: Config
     output: Path
     device: torch.device
+    dist: Distributed
     source: Dataset | None
     target: Dataset
     train_target: bool
@@ -131,17 +132,27 @@ class Hook:
 class Checkpointing(Hook):
     """The run folder and ``last.pth``: hold the folder, resume from the newest readable checkpoint
     (or move an earlier run aside with ``resume`` off), write ``config.yaml`` once the run is known,
-    then write ``last.pth`` every ``checkpoint_every`` iterations and right after every epoch."""
+    then write ``last.pth`` every ``checkpoint_every`` iterations and right after every epoch.
+
+    With several processes rank 0 holds the folder and writes; every rank then reads the same
+    checkpoint (the output must be on a file system all nodes share) and the ranks check that they
+    resume from the same step."""
 
     def __init__(self) -> None:
         self.folder: RunFolder | None = None
 
     def before_train(self, trainer: TrainerView) -> None:
-        c = trainer.config
-        self.folder = RunFolder(trainer.output, trainer.log)
-        self.folder.acquire()
-        for stale in remove_stale_temporaries(trainer.output):
-            trainer.log(f"removed {stale}, left by an interrupted write")
+        c, dist = trainer.config, trainer.dist
+        if dist.is_main:
+            self.folder = RunFolder(trainer.output, trainer.log)
+            self.folder.acquire()
+            for stale in remove_stale_temporaries(trainer.output):
+                trainer.log(f"removed {stale}, left by an interrupted write")
+            if not c.resume:
+                moved = self.folder.move_aside()
+                if moved is not None:
+                    trainer.log(f"moved the earlier run in {trainer.output} to {moved} (--no-resume)")
+        dist.barrier()  # the folder is settled before any rank reads it
         if c.resume:
             found = newest_checkpoint(trainer.output / "last.pth", trainer.log, trainer.device)
             if found is not None:
@@ -149,11 +160,15 @@ class Checkpointing(Hook):
                 trainer.load_state(state)
                 where = f"epoch {trainer.epoch}" + (f", iteration {trainer.iteration}" if trainer.iteration else "")
                 trainer.log(f"resumed from {path} at {where}")
-        else:
-            moved = self.folder.move_aside()
-            if moved is not None:
-                trainer.log(f"moved the earlier run in {trainer.output} to {moved} (--no-resume)")
-        c.save(trainer.output / "config.yaml")
+        here = (trainer.epoch, trainer.iteration)
+        main = dist.broadcast_object(here)
+        if here != main:
+            raise CheckpointError(
+                f"rank {dist.rank} would start at epoch {here[0]}, iteration {here[1]}, rank 0 at epoch {main[0]}, "
+                f"iteration {main[1]}: every process must see the same {trainer.output} (a file system all nodes share)"
+            )
+        if dist.is_main:
+            c.save(trainer.output / "config.yaml")
 
     def after_step(self, trainer: TrainerView, losses: StepLosses) -> None:
         every = trainer.config.checkpoint_every
@@ -187,7 +202,8 @@ class Evaluation(Hook):
         result = trainer.evaluate()
         cmc = result["cmc"]
         entry.eval = {"mAP": float(result["mAP"]), "rank1": float(cmc[0]), "rank5": float(cmc[4]), "rank10": float(cmc[9])}
-        save_results(result, trainer.output / f"eval-epoch{entry.epoch}", trainer.target.query)
+        if trainer.dist.is_main:
+            save_results(result, trainer.output / f"eval-epoch{entry.epoch}", trainer.target.query)
         if entry.eval["mAP"] > trainer.best["mAP"]:
             trainer.best = {"mAP": entry.eval["mAP"], "epoch": entry.epoch}
             trainer.save("best.pth")
@@ -226,6 +242,8 @@ class MetricsLog(Hook):
         self.writer: Any = None
 
     def before_train(self, trainer: TrainerView) -> None:
+        if not trainer.dist.is_main:
+            return
         if trainer.history:
             self._write_csv(trainer)
         try:
@@ -235,6 +253,8 @@ class MetricsLog(Hook):
         self.writer = SummaryWriter(str(trainer.output / "tensorboard"))
 
     def after_epoch(self, trainer: TrainerView, entry: EpochLog) -> None:
+        if not trainer.dist.is_main:
+            return
         self._write_csv(trainer)
         if self.writer is not None:
             for key, value in _row(entry).items():
@@ -314,7 +334,8 @@ class ConsoleLog(Hook):
 class SignalHandling(Hook):
     """SIGTERM (a scheduler pre-empting the job) or SIGINT (Ctrl-C): finish the current step, write a
     checkpoint, say how to resume, and stop with ``TrainingInterrupted`` (exit status 143 / 130 from
-    the command line). A second signal ends the process at once."""
+    the command line). A second signal ends the process at once. With several processes the ranks
+    agree after every step whether any of them received one, so all stop at the same step."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -347,8 +368,10 @@ class SignalHandling(Hook):
         self._previous = {}
 
     def _stop_if_asked(self, trainer: TrainerView) -> None:
-        if self.received is None:
+        received = trainer.dist.max_int(self.received or 0)
+        if not received:
             return
+        self.received = received
         if trainer.saved_at != (trainer.epoch, trainer.iteration):
             trainer.save_progress()
         name = signal.Signals(self.received).name

@@ -10,11 +10,22 @@ has no target slots.
 log, signals) is done by hooks (``spcl.training.hooks``), and every stage is a method a subclass
 may replace. What a resume restores is one list, :meth:`Trainer.checkpointables`; a run resumed
 in the middle of an epoch continues with exactly the next batch.
+
+Several processes (``torchrun``, PyTorch DistributedDataParallel) compute what one process
+computes: the one global sampler stream is cut into the config's global batches and every rank
+takes its consecutive slice of each (equal source and target parts, so DSBN and images per BN see
+the same sub-batches); gradients are averaged by DDP (equal slices: the global mean); the BN running
+statistics are averaged after every step (the single process averages its sub-batches' statistics
+the same way); the features and slots of the whole global batch are gathered before the momentum
+update, so every rank holds the same memory. Pseudo labels and evaluation metrics are computed by
+rank 0 and broadcast: the clustering is CPU- and memory-heavy (K copies on one node would need K
+times the memory) and one computation cannot disagree with itself. Only rank 0 writes files.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +43,7 @@ from spcl.data.transforms import build_test_transform, build_train_transform
 from spcl.evaluation import evaluate_model, extract_features
 from spcl.memory import HybridMemory
 from spcl.models import require_backbone, use_domain
+from spcl.models.images_per_bn import batchnorm_buffers, set_bn_groups
 from spcl.training.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
@@ -42,17 +54,34 @@ from spcl.training.checkpoint import (
 )
 from spcl.training.hooks import EpochLog, Hook, StepLosses, TrainingInterrupted, default_hooks
 from spcl.training.labels import TargetLabels, target_labeler
-from spcl.utils import RngStream, derive_seed, fault_point, memory_advice, progress, resolve_device
+from spcl.utils import (
+    Distributed,
+    RngStream,
+    derive_seed,
+    fault_point,
+    memory_advice,
+    progress,
+    resolve_amp,
+    resolve_channels_last,
+    resolve_device,
+    set_deterministic,
+)
 
 __all__ = ["RESUMABLE_CHANGES", "Trainer", "TrainingDiverged", "TrainingInterrupted"]
 
 RESUMABLE_CHANGES = (
     "optim.epochs", "eval.every", "eval.rerank", "eval.batch_size", "data.workers", "data.cache_images",
     "data.root", "data.source", "data.target", "data.vehicleid_test_size", "device", "output", "resume",
-    "checkpoint_every",
+    "checkpoint_every", "data.prefetch", "data.persistent_workers", "runtime.amp", "runtime.channels_last",
+    "runtime.deterministic", "runtime.backend", "runtime.timeout_minutes",
 )
 """Settings a resume may change: how long to train, how and when to evaluate, where things are and
-how fast they are read. The data itself is compared by its fingerprints."""
+how fast they are read and computed. The data itself is compared by its fingerprints; the number of
+processes is not a setting (a run may resume with any)."""
+
+
+def _silent(message: str) -> None:
+    """The log of ranks other than 0."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -125,6 +154,8 @@ class Trainer:
     ``hooks`` (default: :func:`spcl.training.hooks.default_hooks`) run after each epoch's training
     and at the other moments of :meth:`fit`; ``log`` receives every line the run prints;
     ``progress`` shows progress bars (plain lines when standard error is not a terminal).
+    ``dist`` is this process's rank among the run's processes (default: the process group it has
+    joined, or a single process); only rank 0 logs and writes.
     """
 
     def __init__(
@@ -133,19 +164,28 @@ class Trainer:
         log: Callable[[str], None] = print,
         progress: bool = True,
         hooks: Sequence[Hook] | None = None,
+        dist: Distributed | None = None,
     ) -> None:
         self.config = config
-        self.log = log
-        self.progress = progress
+        self.dist = dist if dist is not None else Distributed.current()
+        self.log = log if self.dist.is_main else _silent
+        self.progress = progress and self.dist.is_main
         self.device = resolve_device(config.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (init_distributed)
         self.output = Path(config.output)
         self.hooks = list(default_hooks() if hooks is None else hooks)
         c = config
+        self._check_processes()
+        self.amp_dtype = resolve_amp(c.runtime.amp, self.device)
+        self.channels_last = resolve_channels_last(c.runtime.channels_last, self.device)
+        set_deterministic(c.runtime.deterministic, self.device)
 
         require_backbone(c.model.arch)  # before minutes of reading or generating data
         torch.manual_seed(derive_seed(c.seed, RngStream.MODEL_INIT))
-        self.source: Dataset | None = self._load(c.data.source) if c.uses_source else None
-        self.target: Dataset = self._load(c.data.target)
+        with self.dist.main_first():  # rank 0 generates a missing synthetic domain, the others read it
+            self.source: Dataset | None = self._load(c.data.source) if c.uses_source else None
+            self.target: Dataset = self._load(c.data.target)
         self.train_target = c.mode in ("uda", "usl", "oracle")
         if self.train_target and not self.target.train:
             raise ValueError(f"target {self.target.name} has no training images")
@@ -157,8 +197,18 @@ class Trainer:
         bn_domains = 2 if c.mode == "uda" and c.model.dsbn else 1
         description = describe_model(c.model, bn_domains, c.data.height, c.data.width)
         self.model = build_model(description, pretrained, freeze_dsbn_neck_bias=c.model.freeze_dsbn_neck_bias)
-        self.model.to(self.device)
+        self.model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
         self.description = {**description, "out_features": self.model.out_features}
+        self._bn_buffers = batchnorm_buffers(self.model)
+        self.network: torch.nn.Module = self.model
+        """What a training step runs: the encoder, wrapped in DistributedDataParallel with several processes."""
+        if self.dist.enabled:
+            if c.model.sync_bn:
+                set_bn_groups(self.model, self._bn_group_size(), self.dist)
+            self.network = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                forward_sync_buffers=False,  # BN statistics are averaged after each step instead
+            )
 
         self.num_source_classes = self.source.num_train_pids if self.source is not None else 0
         self.num_target = len(self.target.train) if self.train_target else 0
@@ -175,6 +225,7 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=c.optim.lr, weight_decay=c.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, c.optim.step_size, c.optim.gamma)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
         self.train_transform = build_train_transform(
             c.data.height, c.data.width, flip_p=c.data.flip_p, padding=c.data.padding, erasing_p=c.data.erasing_p
@@ -188,8 +239,9 @@ class Trainer:
         self.history: list[EpochLog] = []
         self._epoch = _EpochProgress()
         self._loaders: dict[str, TrainLoader] = {}
+        """The loaders of the epoch in progress (empty between epochs)."""
+        self._kept_loaders: dict[str, TrainLoader] = {}
         self._resume_loaders: dict[str, dict[str, int]] = {}
-        self._train_sets: dict[int, AugmentedImages] = {}
         self.saved_at: tuple[int, int] | None = None
         """(epoch, iteration) of the last ``save_progress``."""
         # hashed once: every checkpoint stores them, and a resume compares them
@@ -197,6 +249,49 @@ class Trainer:
             "source": self.source.fingerprint() if self.source is not None else "",
             "target": self.target.fingerprint(),
         }
+
+    def _check_processes(self) -> None:
+        """Refuse a split over the processes that would change what a step computes."""
+        c, k = self.config, self.dist.world_size
+        if k == 1:
+            return
+        batch, n = c.optim.batch_size, c.model.images_per_bn
+        if batch % k:
+            raise ValueError(
+                f"optim.batch_size {batch} (images per domain in a global batch) does not split evenly over {k} "
+                f"processes: use a multiple of {k}, or another number of processes"
+            )
+        if c.model.sync_bn:
+            self._bn_group_size()
+            return
+        per = batch // k
+        if n == 0:
+            raise ValueError(
+                f"model.images_per_bn 0 normalises the whole batch of {batch} in every BatchNorm, but each of the {k} "
+                "processes holds only its part: set --model.sync_bn true, or a model.images_per_bn that divides "
+                f"{per}"
+            )
+        if per % n:
+            raise ValueError(
+                f"each of the {k} processes holds {per} images of a domain, which is not a multiple of "
+                f"model.images_per_bn ({n}): set --model.sync_bn true to share BatchNorm groups across processes, "
+                f"or use another number of processes"
+            )
+
+    def _bn_group_size(self) -> int:
+        """How many consecutive ranks form one BatchNorm group with ``model.sync_bn``."""
+        c, k = self.config, self.dist.world_size
+        per, n = c.optim.batch_size // k, c.model.images_per_bn or c.optim.batch_size
+        if n <= per:
+            if per % n:
+                raise ValueError(f"model.images_per_bn {n} must divide the {per} images of a domain each process holds")
+            return 1
+        if n % per or k % (n // per):
+            raise ValueError(
+                f"a BatchNorm group of {n} images cannot be made of whole processes holding {per} images each "
+                f"({k} processes): choose a number of processes that divides the batch into groups"
+            )
+        return n // per
 
     def _load(self, name: str | None) -> Dataset:
         assert name is not None
@@ -249,7 +344,10 @@ class Trainer:
                 self.history.append(entry)
                 self._call("after_epoch", entry)
         finally:
-            self._call("after_train")
+            try:
+                self._call("after_train")
+            finally:
+                self._kept_loaders.clear()  # ends the loaders' worker processes
         return self.history
 
     def _call(self, moment: str, *args: Any) -> None:
@@ -278,7 +376,7 @@ class Trainer:
         with use_domain(self.model, domain):
             return extract_features(
                 self.model, items, self.test_transform, self.device, c.eval.batch_size, c.data.workers, desc,
-                self.progress,
+                self.progress, self.dist,
             )
 
     def assign_labels(self) -> TargetLabels | None:
@@ -287,8 +385,15 @@ class Trainer:
             return None
         remedy = ("lower pseudo.k1 (the neighbours kept per image), or use --pseudo.knn_backend faiss; on an "
                   "accelerator, --device cpu gives the search the machine's memory")
-        with memory_advice(f"pseudo-labelling {self.num_target} target features on {self.device}", remedy):
-            labels = self.labeler(self.memory.target_features)
+        labeler = self.labeler
+
+        def compute() -> tuple[TargetLabels, dict[str, Any]]:
+            with memory_advice(f"pseudo-labelling {self.num_target} target features on {self.device}", remedy):
+                return labeler(self.memory.target_features), labeler.state_dict()
+
+        labels, state = self.dist.run_on_main(compute, "pseudo-labelling")
+        if not self.dist.is_main:
+            labeler.load_state_dict(state)  # e.g. the alpha fixed at the first epoch
         fault_point(f"labels:{self.epoch + 1}")
         self.memory.set_pseudo_labels(labels.labels)
         return labels
@@ -330,28 +435,49 @@ class Trainer:
 
     def train_step(self, iteration: int) -> StepLosses:
         """Forward both domains' batches, the loss against the memory as it was before this step,
-        an optimizer step, then the memory's momentum update."""
+        an optimizer step, then the memory's momentum update with the whole global batch."""
         images, slots = [], []
         for domain, loader in self._loaders.items():
             batch_images, batch_pids, batch_index = loader.next()
             images.append(batch_images)
             # a source sample's slot is its class centroid, a target sample's its own instance
             slots.append(self.memory.source_slots(batch_pids) if domain == "source" else self.memory.target_slots(batch_index))
+        batch = torch.cat(images).to(self.device, non_blocking=True)
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
         # one forward pass for both domains: DSBN splits the batch into its source and target halves
-        features = self.model(torch.cat(images).to(self.device, non_blocking=True))
-        parts = [self.memory.loss(f, s) for f, s in zip(features.split([len(s) for s in slots]), slots)]
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            features = self.network(batch)
+        features = features.float()  # the memory, its update and the loss stay float32
+        sizes = [len(s) for s in slots]
+        parts = [self.memory.loss(f, s) for f, s in zip(features.split(sizes), slots)]
         loss = sum(parts)
-        if not torch.isfinite(loss):
+        # the global batch's losses (equal slices: the mean of the ranks' means), the same on every rank
+        values = self.dist.mean(torch.stack([loss.detach(), *(p.detach() for p in parts)]))
+        if not math.isfinite(values[0]):
             raise TrainingDiverged(
-                f"loss became {loss.item()} at epoch {self.epoch + 1}; the last good checkpoint "
+                f"loss became {values[0]} at epoch {self.epoch + 1}; the last good checkpoint "
                 f"{self.output / 'last.pth'} is kept. Lower the learning rate or check the data."
             )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.memory.update(features.detach(), torch.cat(slots))
-        named = dict(zip(self._loaders, (p.item() for p in parts)))
-        return StepLosses(iteration, loss.item(), named.get("source", float("nan")), named.get("target", float("nan")))
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.dist.average_(self._bn_buffers)
+        self._update_memory(features.detach(), slots, sizes)
+        named = dict(zip(self._loaders, values[1:]))
+        return StepLosses(iteration, values[0], named.get("source", float("nan")), named.get("target", float("nan")))
+
+    def _update_memory(self, features: torch.Tensor, slots: list[torch.Tensor], sizes: list[int]) -> None:
+        """The momentum update with the global batch in the order one process would see it: each
+        domain's slices of all ranks in rank order, source before target."""
+        slot_tensor = torch.cat(slots).to(features.device)
+        if self.dist.enabled:
+            gathered = self.dist.gather_equal(features)
+            gathered_slots = self.dist.gather_equal(slot_tensor)
+            features = torch.cat([part for domain in zip(*(g.split(sizes) for g in gathered)) for part in domain])
+            slot_tensor = torch.cat([part for domain in zip(*(g.split(sizes) for g in gathered_slots)) for part in domain])
+        self.memory.update(features, slot_tensor)
 
     def _make_loaders(self) -> dict[str, TrainLoader]:
         """The epoch's streams: source (true labels) and target (this epoch's labels), each where a
@@ -359,15 +485,17 @@ class Trainer:
         loaders = {}
         if self.source is not None:
             source_pids = np.array([p for _, p, _ in self.source.train])
-            loaders["source"] = self._loader(self.source.train, source_pids, RngStream.SOURCE_SAMPLER)
+            loaders["source"] = self._loader("source", self.source.train, source_pids, RngStream.SOURCE_SAMPLER)
         if self.train_target:
-            loaders["target"] = self._loader(self.target.train, self.target_labels, RngStream.TARGET_SAMPLER)
+            loaders["target"] = self._loader("target", self.target.train, self.target_labels, RngStream.TARGET_SAMPLER)
         for domain, state in self._resume_loaders.items():
             loaders[domain].load_state_dict(state)
         self._resume_loaders = {}
         return loaders
 
-    def _loader(self, items: list[Item], pids: np.ndarray, stream: RngStream) -> TrainLoader:
+    def _loader(self, domain: str, items: list[Item], pids: np.ndarray, stream: RngStream) -> TrainLoader:
+        """The domain's stream for this epoch; the loader (and its worker processes) is kept from one
+        epoch to the next, only its sampler changes."""
         c = self.config
         cams = [cam for _, _, cam in items]
         sampler = RandomMultipleGallerySampler(
@@ -376,14 +504,19 @@ class Trainer:
         )
         if len(sampler) == 0:
             raise ValueError("no training sample has a label: nothing to sample from")
-        dataset = self._train_sets.get(stream)
-        if dataset is None:
-            dataset = self._train_sets[stream] = AugmentedImages(items, self.train_transform, cache=c.data.cache_images)
-        return TrainLoader(
+        loader = self._kept_loaders.get(domain)
+        if loader is not None:
+            loader.set_sampler(sampler)
+            return loader
+        dataset = AugmentedImages(items, self.train_transform, cache=c.data.cache_images)
+        # per-sample augmentation seeds travel with the indexes: the generator only seeds the workers
+        loader = self._kept_loaders[domain] = TrainLoader(
             dataset, sampler, c.optim.batch_size, workers=c.data.workers,
-            generator=torch.Generator().manual_seed(derive_seed(c.seed, stream, self.epoch)),
-            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(derive_seed(c.seed, stream)),
+            pin_memory=self.device.type == "cuda", rank=self.dist.rank, world_size=self.dist.world_size,
+            prefetch=c.data.prefetch, persistent=c.data.persistent_workers,
         )
+        return loader
 
     def evaluate(self, on_source: bool = False, rerank: bool | None = None) -> dict[str, Any]:
         """mAP / CMC on the target's test split (or the source's, with its BN branch)."""
@@ -394,7 +527,7 @@ class Trainer:
         return evaluate_model(
             self.model, data, self.test_transform, self.device, domain=0 if on_source else -1,
             rerank=c.eval.rerank if rerank is None else rerank, batch_size=c.eval.batch_size,
-            workers=c.data.workers, progress=self.progress,
+            workers=c.data.workers, progress=self.progress, dist=self.dist,
         )
 
     # ------------------------------------------------------------------------------------------------
@@ -413,6 +546,8 @@ class Trainer:
         }
         if self.labeler is not None:
             parts["labels"] = self.labeler
+        if self.scaler.is_enabled():
+            parts["scaler"] = self.scaler  # fp16: the loss scale it has found
         return parts
 
     def state(self) -> dict[str, Any]:
@@ -443,6 +578,8 @@ class Trainer:
             state = {**state, "trainer": {k: state[k] for k in ("epoch", "best", "memory_ready")},
                      "labels": {"alpha": state["alpha"]}}
         parts = self.checkpointables()
+        if "scaler" not in state:
+            parts.pop("scaler", None)  # a run that did not use fp16 before: the scaler starts afresh
         missing = [name for name in parts if name not in state]
         if missing:
             raise CheckpointError(f"the checkpoint in {self.output} has no {', '.join(missing)}: it cannot be resumed")
@@ -467,16 +604,19 @@ class Trainer:
             self.log(f"resuming with {key} = {now[key]!r} (the run had {saved.get(key)!r})")
 
     def save(self, name: str) -> Path:
-        """Write the run's checkpoint to ``<output>/<name>``, atomically."""
+        """Write the run's checkpoint to ``<output>/<name>``, atomically (rank 0 only: every rank
+        holds the same state)."""
         path = self.output / name
-        save_checkpoint(self.state(), path)
+        if self.dist.is_main:
+            save_checkpoint(self.state(), path)
         return path
 
     def save_progress(self) -> Path:
         """Write ``last.pth``, the checkpoint a re-run resumes from, keeping the one it replaces as
-        ``last.previous.pth`` (used when the newest is damaged)."""
+        ``last.previous.pth`` (used when the newest is damaged); rank 0 only."""
         path = self.output / "last.pth"
-        save_checkpoint(self.state(), path, keep_previous=True)
+        if self.dist.is_main:
+            save_checkpoint(self.state(), path, keep_previous=True)
         self.saved_at = (self.epoch, self.iteration)
         return path
 
