@@ -188,7 +188,8 @@ class HybridMemory(nn.Module):
         sums = self.features.new_zeros(num_classes + 1, self.num_features)
         sums.index_add_(0, rows, self.features)
         counts = torch.bincount(rows, minlength=num_classes + 1)[:num_classes]
-        return sums[:num_classes] / counts.clamp(min=1)[:, None].to(sums), counts > 0
+        means = sums[:num_classes].div_(counts.clamp(min=1)[:, None].to(sums.dtype))  # in place: slots x d is large
+        return means, counts > 0
 
     def loss(self, features: torch.Tensor, indexes: torch.Tensor) -> torch.Tensor:
         """Unified contrastive loss of L2-normalised ``features`` (B x d) whose memory slots are

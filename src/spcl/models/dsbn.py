@@ -68,7 +68,13 @@ class DomainSpecificBatchNorm(nn.Module):
                 "(source first, then target)"
             )
         chunks = input.split(batch // parts)
-        return torch.cat([branch(x) for branch, x in zip(self.branches, chunks)])
+        # branches with sub-batches hand over their pieces: the activations are concatenated once
+        pieces = [
+            piece
+            for branch, x in zip(self.branches, chunks)
+            for piece in (branch.forward_parts(x) if hasattr(branch, "forward_parts") else [branch(x)])
+        ]
+        return torch.cat(pieces)
 
 
 def convert_dsbn(model: nn.Module, num_domains: int = 2, *, keep_requires_grad: bool = False) -> nn.Module:

@@ -59,16 +59,22 @@ class _SubBatchNorm(_BatchNorm):
         return f"{super().extra_repr()}, images_per_bn={self.images_per_bn}{synced}"
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        parts = self.forward_parts(input)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def forward_parts(self, input: torch.Tensor) -> list[torch.Tensor]:
+        """The output as consecutive pieces (one per sub-batch), before they are concatenated: a
+        caller that concatenates several BatchNorms' outputs (DSBN) copies the activations once."""
         n = self.images_per_bn
         if self.sync_group is not None and self.training:
             self._check_input_dim(input)
-            return self._synced_forward(input)
+            return [self._synced_forward(input)]
         if not n or not self.training or input.shape[0] <= n:
-            return super().forward(input)
+            return [super().forward(input)]
         self._check_input_dim(input)
         return self._sub_batch_forward(input, n)
 
-    def _sub_batch_forward(self, input: torch.Tensor, n: int) -> torch.Tensor:
+    def _sub_batch_forward(self, input: torch.Tensor, n: int) -> list[torch.Tensor]:
         factor = 0.0 if self.momentum is None else self.momentum
         if self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
@@ -85,12 +91,11 @@ class _SubBatchNorm(_BatchNorm):
         for i, chunk in enumerate(chunks):
             stats = (means[i], variances[i]) if track else (None, None)
             outputs.append(F.batch_norm(chunk, *stats, self.weight, self.bias, True, 1.0, self.eps))
-        out = torch.cat(outputs)
         if track:
             with torch.no_grad():
                 self.running_mean.lerp_(means.mean(0), factor)
                 self.running_var.lerp_(variances.mean(0), factor)
-        return out
+        return outputs
 
     def _synced_forward(self, input: torch.Tensor) -> torch.Tensor:
         """Batch statistics over the inputs of all ranks of ``sync_group`` (this rank's input is

@@ -450,7 +450,9 @@ class Trainer:
             features = self.network(batch)
         features = features.float()  # the memory, its update and the loss stay float32
         sizes = [len(s) for s in slots]
-        parts = [self.memory.loss(f, s) for f, s in zip(features.split(sizes), slots)]
+        # one pass over the memory for both domains: the mean over the source samples, the mean over the target ones
+        terms = dict(zip(("source", "target"), self.memory.loss_terms(features, torch.cat(slots))))
+        parts = [terms[domain] for domain in self._loaders]
         loss = sum(parts)
         # the global batch's losses (equal slices: the mean of the ranks' means), the same on every rank
         values = self.dist.mean(torch.stack([loss.detach(), *(p.detach() for p in parts)]))
