@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     if args.small:
-        sizes: dict[str, Any] = dict(batch=16, height=128, width=64, warmup=1, repeats=3, jpegs=512, count=8000,
+        sizes: dict[str, Any] = dict(batch=16, height=128, width=64, warmup=1, repeats=5, jpegs=512, count=8000,
                                      dim=256, extract=512)
     else:
         sizes = dict(batch=64, height=256, width=128, warmup=5, repeats=20, jpegs=8192, count=MSMT17_TRAIN, dim=2048,

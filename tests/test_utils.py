@@ -87,3 +87,66 @@ def test_memory_errors_name_the_setting_that_reduces_them(monkeypatch) -> None:
     with pytest.raises(OutOfMemory, match=r"extracting ran out of memory \(no room\): lower eval.batch_size"):
         with memory_advice("extracting", "lower eval.batch_size"):
             raise MemoryError("no room")
+
+
+def test_workers_follow_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    from spcl.utils import resolve_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda _: set(range(32)), raising=False)
+    assert resolve_workers(3, torch.device("cuda")) == 3  # an explicit number is kept
+    assert resolve_workers(-1, torch.device("cuda")) == 16  # capped
+    assert resolve_workers(-1, torch.device("cuda"), processes=8) == 3  # 32 cores / 8 ranks, one for each rank
+    assert resolve_workers(-1, torch.device("cpu")) == 4
+    monkeypatch.setattr("os.sched_getaffinity", lambda _: {0}, raising=False)
+    assert resolve_workers(-1, torch.device("cpu")) == 0 and resolve_workers(-1, torch.device("cuda")) == 1
+
+
+def _collectives(rank: int, init_file: str, world: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from spcl.utils import Distributed
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        d = Distributed.current()
+        local = torch.full((rank, 2), float(rank)) if rank else torch.empty(0, 0)  # 0, 1, 2 rows
+        rows = d.gather_rows(local)
+        values = torch.tensor([float(rank), 10.0 * rank])
+        d.average_([values])
+        results = {
+            "rows": rows, "average": values, "max": d.max_int(rank * 7), "shard": d.shard(10),
+            "broadcast": d.broadcast_object({"from": rank}), "mean": d.mean(torch.tensor([float(rank)])),
+            "main": d.run_on_main(lambda: ["computed", d.rank], "testing"),
+        }
+        try:
+            d.run_on_main(lambda: 1 / 0, "dividing")
+        except (RuntimeError, ZeroDivisionError) as exc:
+            results["error"] = f"{type(exc).__name__}: {exc}"
+        torch.save(results, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_collectives_of_three_processes(tmp_path) -> None:
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_collectives, args=(str(tmp_path / "init"), 3, str(tmp_path)), nprocs=3, start_method="spawn")
+    for rank in range(3):
+        r = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        assert torch.equal(r["rows"], torch.tensor([[1.0, 1.0], [2.0, 2.0], [2.0, 2.0]]))  # rank order, uneven, one empty
+        assert torch.allclose(r["average"], torch.tensor([1.0, 10.0]))
+        assert r["max"] == 14 and r["broadcast"] == {"from": 0} and r["mean"] == [1.0]
+        assert r["shard"] == [slice(0, 3), slice(3, 6), slice(6, 10)][rank]
+        assert r["main"] == ["computed", 0]  # rank 0's result everywhere
+        expected = "ZeroDivisionError" if rank == 0 else "RuntimeError: rank 0 failed while dividing: ZeroDivisionError"
+        assert r["error"].startswith(expected)
+
+
+def test_one_process_collectives_are_the_identity() -> None:
+    from spcl.utils import Distributed
+
+    d = Distributed()
+    x = torch.arange(6.0).view(3, 2)
+    assert d.gather_rows(x) is x and d.gather_equal(x) == [x] and d.max_int(4) == 4
+    assert d.shard(5) == slice(0, 5) and d.run_on_main(lambda: 3, "x") == 3 and d.is_main and not d.enabled

@@ -39,7 +39,10 @@ class DataConfig:
     """Folder that holds the datasets (and where the synthetic domains are generated)."""
     height: int = 256
     width: int = 128
-    workers: int = 4
+    workers: int = -1
+    """Loader worker processes per training process; -1: as many as the machine's cores allow (one
+    per core left for each process on CUDA, at most 16; half the cores, at most 4, on the CPU,
+    where the workers compete with the computation)."""
     cache_images: bool = False
     """Keep decoded training images in memory (small datasets; use with workers 0)."""
     num_instances: int = 4
@@ -188,7 +191,7 @@ class Config:
         return [
             ("data.height", d.height, d.height >= 16, "at least 16 pixels"),
             ("data.width", d.width, d.width >= 16, "at least 16 pixels"),
-            ("data.workers", d.workers, d.workers >= 0, ">= 0"),
+            ("data.workers", d.workers, d.workers >= -1, ">= 0, or -1 (as many as the cores allow)"),
             ("data.prefetch", d.prefetch, d.prefetch >= 1, ">= 1"),
             ("data.num_instances", d.num_instances, d.num_instances >= 1, ">= 1"),
             ("data.padding", d.padding, d.padding >= 0, ">= 0"),

@@ -64,6 +64,7 @@ from spcl.utils import (
     resolve_amp,
     resolve_channels_last,
     resolve_device,
+    resolve_workers,
     set_deterministic,
 )
 
@@ -179,6 +180,7 @@ class Trainer:
         self._check_processes()
         self.amp_dtype = resolve_amp(c.runtime.amp, self.device)
         self.channels_last = resolve_channels_last(c.runtime.channels_last, self.device)
+        self.workers = resolve_workers(c.data.workers, self.device, self.dist.world_size)
         set_deterministic(c.runtime.deterministic, self.device)
 
         require_backbone(c.model.arch)  # before minutes of reading or generating data
@@ -375,7 +377,7 @@ class Trainer:
         c = self.config
         with use_domain(self.model, domain):
             return extract_features(
-                self.model, items, self.test_transform, self.device, c.eval.batch_size, c.data.workers, desc,
+                self.model, items, self.test_transform, self.device, c.eval.batch_size, self.workers, desc,
                 self.progress, self.dist,
             )
 
@@ -513,7 +515,7 @@ class Trainer:
         dataset = AugmentedImages(items, self.train_transform, cache=c.data.cache_images)
         # per-sample augmentation seeds travel with the indexes: the generator only seeds the workers
         loader = self._kept_loaders[domain] = TrainLoader(
-            dataset, sampler, c.optim.batch_size, workers=c.data.workers,
+            dataset, sampler, c.optim.batch_size, workers=self.workers,
             generator=torch.Generator().manual_seed(derive_seed(c.seed, stream)),
             pin_memory=self.device.type == "cuda", rank=self.dist.rank, world_size=self.dist.world_size,
             prefetch=c.data.prefetch, persistent=c.data.persistent_workers,
@@ -529,7 +531,7 @@ class Trainer:
         return evaluate_model(
             self.model, data, self.test_transform, self.device, domain=0 if on_source else -1,
             rerank=c.eval.rerank if rerank is None else rerank, batch_size=c.eval.batch_size,
-            workers=c.data.workers, progress=self.progress, dist=self.dist,
+            workers=self.workers, progress=self.progress, dist=self.dist,
         )
 
     # ------------------------------------------------------------------------------------------------

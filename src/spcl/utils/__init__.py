@@ -4,7 +4,7 @@ the resume tests."""
 
 from __future__ import annotations
 
-from spcl.utils.devices import resolve_device
+from spcl.utils.devices import resolve_device, resolve_workers
 from spcl.utils.distributed import Distributed, close_distributed, init_distributed, launched_ranks
 from spcl.utils.faults import fault_point
 from spcl.utils.files import write_csv
@@ -29,6 +29,7 @@ __all__ = [
     "resolve_amp",
     "resolve_channels_last",
     "resolve_device",
+    "resolve_workers",
     "set_deterministic",
     "write_csv",
 ]
