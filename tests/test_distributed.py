@@ -23,7 +23,7 @@ import torch
 import torch.multiprocessing as mp
 
 from spcl.config import load_config
-from spcl.training import Hook, Trainer, default_hooks
+from spcl.training import Hook, Trainer, TrainingInterrupted, default_hooks
 from spcl.training.checkpoint import load_checkpoint
 from spcl.utils import Distributed
 
@@ -77,8 +77,10 @@ def _summary(trainer: Trainer, first: _FirstStep) -> dict[str, Any]:
     }
 
 
-def _worker(rank: int, init_file: str, overrides: dict[str, Any], result_dir: str) -> None:
+def _worker(rank: int, init_file: str, overrides: dict[str, Any], result_dir: str, faults: dict[int, str]) -> None:
     os.environ.update(OMP_NUM_THREADS="1", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD))
+    if rank in faults:
+        os.environ["SPCL_FAULT"] = faults[rank]
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     output = Path(overrides["output"]).resolve()
@@ -97,19 +99,23 @@ def _worker(rank: int, init_file: str, overrides: dict[str, Any], result_dir: st
     try:
         trainer, first = _trainer(load_config(overrides=overrides))
         assert trainer.dist.world_size == WORLD and trainer.dist.rank == rank
-        trainer.fit()
+        try:
+            trainer.fit()
+        except TrainingInterrupted as stop:
+            torch.save({"stopped": (trainer.epoch, trainer.iteration), "signal": stop.signal}, Path(result_dir) / f"rank{rank}.pt")
+            return
         summary = {**_summary(trainer, first), "written": list(written)}
         torch.save(summary, Path(result_dir) / f"rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
 
 
-def _run_ranks(config, tmp_path: Path, name: str) -> list[dict[str, Any]]:
+def _run_ranks(config, tmp_path: Path, name: str, faults: dict[int, str] | None = None) -> list[dict[str, Any]]:
     results = tmp_path / f"{name}-results"
     results.mkdir()
     overrides = {k: v for k, v in config.to_dotted().items()}
     init_file = str(tmp_path / f"{name}-init")
-    mp.start_processes(_worker, args=(init_file, overrides, str(results)), nprocs=WORLD, start_method="spawn")
+    mp.start_processes(_worker, args=(init_file, overrides, str(results), faults or {}), nprocs=WORLD, start_method="spawn")
     return [torch.load(results / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
@@ -234,3 +240,14 @@ def test_torchrun_launches_the_command_line(data_root: Path, tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("epoch   1/1") == 1  # rank 0 alone prints
     assert load_checkpoint(out / "last.pth")["trainer"]["epoch"] == 1
+
+
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(data_root: Path, tmp_path: Path) -> None:
+    import signal
+
+    config = _config(data_root, tmp_path / "term", "usl", **{"model.images_per_bn": 8, "checkpoint_every": 0})
+    ranks = _run_ranks(config, tmp_path, "term", faults={1: "TERM@step:1:2"})  # only rank 1 is signalled
+    assert [r["stopped"] for r in ranks] == [(0, 2), (0, 2)]
+    assert all(r["signal"] == signal.SIGTERM for r in ranks)
+    state = load_checkpoint(tmp_path / "term" / "last.pth")
+    assert (state["trainer"]["epoch"], state["trainer"]["iteration"]) == (0, 2)
