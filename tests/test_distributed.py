@@ -171,6 +171,8 @@ def _assert_ranks_agree(ranks: list[dict[str, Any]]) -> None:
 @pytest.mark.parametrize("mode,extra", [
     ("uda", {}),  # DSBN: every rank's slice holds 8 source then 8 target images, 4 per BatchNorm
     ("usl", {"model.images_per_bn": 8}),
+    ("source-only", {"optim.epochs": 1}),
+    ("oracle", {"optim.epochs": 1, "model.images_per_bn": 8}),
 ])
 def test_two_processes_compute_what_one_computes(data_root: Path, tmp_path: Path, mode: str, extra: dict) -> None:
     single = _run_one(_config(data_root, tmp_path / "one", mode, **extra))
