@@ -152,6 +152,100 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _extractor(args: argparse.Namespace) -> Any:
+    from spcl.inference import FeatureExtractor
+
+    return FeatureExtractor(args.checkpoint, args.device, domain=args.domain, batch_size=args.batch_size,
+                            workers=args.workers)
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from spcl.inference import extract_to_file, list_input_images
+
+    images = list_input_images(args.images)
+    extractor = _extractor(args)
+    print(f"{extractor}: {len(images)} images from {args.images}", file=sys.stderr)
+    result = extract_to_file(extractor, images, args.out, progress=not args.quiet,
+                             log=lambda m: print(m, file=sys.stderr))
+    known = int((result.images.pids >= 0).sum())
+    print(f"{len(result)} x {result.features.shape[1]} features -> {args.out}"
+          + (f" ({known} images with an identity from their names or the list)" if known else ""))
+    return 0
+
+
+def _side(source: str, args: argparse.Namespace, extractor: Any, what: str) -> tuple[Any, Any, Any]:
+    """(features, images, metadata) of a search side: a feature file, or images to encode now."""
+    from spcl.inference import list_input_images, load_features
+
+    if source.endswith(".npz"):
+        loaded = load_features(source)
+        return loaded.features, loaded.images, loaded.meta
+    if extractor is None:
+        raise ValueError(f"--{what} {source} is not a feature file (.npz): give --checkpoint to encode its images")
+    images = list_input_images(source)
+    features = extractor(images.paths, progress=not args.quiet and len(images) > extractor.batch_size)
+    return features, images, {"checkpoint": str(Path(args.checkpoint).resolve()), "domain": extractor.domain}
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    import json
+
+    from spcl.inference import GalleryIndex, search_gallery
+    from spcl.inference.ranklist import draw_ranked_lists, thumb_size
+    from spcl.inference.search import to_rows, to_text
+
+    extractor = _extractor(args) if args.checkpoint else None
+    g_features, g_images, g_meta = _side(args.gallery, args, extractor, "gallery")
+    q_features, q_images, q_meta = _side(args.query, args, extractor, "query")
+    if g_meta.get("checkpoint") and q_meta.get("checkpoint") and (
+        (g_meta["checkpoint"], g_meta.get("domain")) != (q_meta["checkpoint"], q_meta.get("domain"))
+    ):
+        print(f"note: the gallery features come from {g_meta['checkpoint']} ({g_meta.get('domain')} BNs) and the "
+              f"queries from {q_meta['checkpoint']} ({q_meta.get('domain')} BNs): distances compare them only if "
+              "that is the same model", file=sys.stderr)
+    cache = f"{args.gallery}.ivf.faiss" if args.gallery.endswith(".npz") else None
+    index = GalleryIndex(g_features, args.index, nprobe=args.nprobe, cache=cache)
+    results = search_gallery(q_features, q_images, index, g_images, args.topk, rerank=args.rerank)
+    payload = [r.to_dict() for r in results]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(payload, indent=1) + "\n")
+    if args.json:
+        print(json.dumps(payload, indent=1))
+    else:
+        print(to_text(results, index.kind + (" + re-ranking" if args.rerank else "")))
+    if not args.no_png:
+        thumb = thumb_size(q_images.paths[0])
+        title = f"{len(results)} quer{'y' if len(results) == 1 else 'ies'}, top {args.topk} of {len(index)} gallery images"
+        pngs = draw_ranked_lists(to_rows(results), out / "ranked.png", title=title, thumb=thumb)
+        print(f"ranked lists: {', '.join(str(p) for p in pngs)}; JSON: {out / 'results.json'}", file=sys.stderr)
+    return 0
+
+
+def _cmd_visualize(args: argparse.Namespace) -> int:
+    from spcl.inference import visualize_run
+
+    written = visualize_run(args.run_dir, args.out, count=args.count, topk=args.topk)
+    for name, paths in written.items():
+        print(f"{name}: {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from spcl.inference.report import write_report
+
+    write_report(args.run_dir, max_points=args.max_points)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from spcl.inference.export import export_onnx
+
+    path = export_onnx(args.checkpoint, args.out, domain=args.domain, opset=args.opset, check=not args.no_check)
+    print(f"ONNX model: {path}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from spcl.demo import run_demo
 
@@ -202,6 +296,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="folder for per-query results (default: next to the checkpoint)")
     p.add_argument("--test-size", type=int, default=0, help="VehicleID test set (800, 1600, 2400; 10 gallery draws)")
     p.set_defaults(func=_cmd_eval)
+
+    def add_model_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
+        p.add_argument("--checkpoint", required=required, help="a checkpoint of spcl train (best.pth, last.pth)")
+        p.add_argument("--domain", choices=["target", "source"], default="target",
+                       help="the BatchNorm branch of a DSBN model (default: target)")
+        p.add_argument("--device", default="auto")
+        p.add_argument("--batch-size", type=int, default=64)
+        p.add_argument("--workers", type=int, default=2, help="image-decoding processes")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("extract", help="features of a folder, CSV or list of images, into one .npz file")
+    add_model_flags(p)
+    p.add_argument("--images", required=True, help="a folder (recursive), a CSV with a path column, a .txt list or an image")
+    p.add_argument("--out", required=True, help="the .npz file to write (an interrupted run continues)")
+    p.set_defaults(func=_cmd_extract)
+
+    p = sub.add_parser("search", help="rank a gallery for query images: text or JSON, and a PNG of the ranked lists")
+    add_model_flags(p, required=False)
+    p.add_argument("--gallery", required=True, help="a feature file of spcl extract (.npz), or images as for extract")
+    p.add_argument("--query", required=True, help="an image, a folder, a CSV or list, or a feature file")
+    p.add_argument("--topk", type=int, default=10)
+    p.add_argument("--json", action="store_true", help="print JSON: per query, the ranked gallery entries")
+    p.add_argument("--index", choices=["auto", "exact", "flat", "ivf"], default="auto",
+                   help="exact blocked search, or a faiss index (auto: faiss IVF from 100,000 images when installed)")
+    p.add_argument("--nprobe", type=int, default=0, help="lists an IVF index probes (default: a sixteenth of them)")
+    p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (exact; small galleries)")
+    p.add_argument("--out", default="search", help="folder for results.json and ranked.png (default: ./search)")
+    p.add_argument("--no-png", action="store_true", help="do not draw the ranked lists")
+    p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("visualize", help="ranked lists of an evaluation's worst and best queries, as PNG")
+    p.add_argument("run_dir", help="a run folder (its newest evaluation) or an evaluation folder")
+    p.add_argument("--out", default=None, help="folder for worst.png and best.png (default: <evaluation>/ranked)")
+    p.add_argument("--count", type=int, default=10, help="queries per picture")
+    p.add_argument("--topk", type=int, default=10, help="gallery entries per query (at most 20)")
+    p.set_defaults(func=_cmd_visualize)
+
+    p = sub.add_parser("report", help="a self-contained HTML report of a training run (RUN_DIR/report.html)")
+    p.add_argument("run_dir")
+    p.add_argument("--max-points", type=int, default=3000, help="target features drawn in the embedding")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("export", help="the inference encoder as an ONNX model, preprocessing in its metadata")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--domain", choices=["target", "source"], default="target")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime-against-PyTorch check")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("synth", help="write the built-in synthetic two-domain dataset and its contact sheets")
     p.add_argument("--out", default="data")

@@ -162,11 +162,18 @@ def build_test_transform(
     width: int,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    interpolation: str = "bicubic",
 ) -> T.Compose:
-    """PIL image -> normalised tensor: bicubic resize, ToTensor, ImageNet normalisation."""
+    """PIL image -> normalised tensor: resize (bicubic, as in training), ToTensor, normalisation
+    (ImageNet's by default). The arguments are what a checkpoint's ``preprocessing`` records."""
+    try:
+        mode = T.InterpolationMode(interpolation)
+    except ValueError:
+        names = ", ".join(m.value for m in T.InterpolationMode)
+        raise ValueError(f"unknown interpolation {interpolation!r}; expected one of {names}") from None
     return T.Compose(
         [
-            T.Resize((height, width), interpolation=T.InterpolationMode.BICUBIC),
+            T.Resize((height, width), interpolation=mode),
             T.ToTensor(),
             T.Normalize(mean=list(mean), std=list(std)),
         ]

@@ -21,6 +21,7 @@ from spcl.evaluation.metrics import (
     metrics_from_features,
     pairwise_distance,
     rank_metrics,
+    ranked_from_distances,
     ranked_gallery,
 )
 from spcl.evaluation.reranking import re_rank
@@ -44,6 +45,7 @@ __all__ = [
     "pairwise_distance",
     "pseudo_label_quality",
     "rank_metrics",
+    "ranked_from_distances",
     "ranked_gallery",
     "re_rank",
     "save_results",

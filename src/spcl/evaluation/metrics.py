@@ -49,6 +49,7 @@ __all__ = [
     "metrics_from_features",
     "pairwise_distance",
     "rank_metrics",
+    "ranked_from_distances",
     "ranked_gallery",
 ]
 
@@ -194,10 +195,36 @@ def ranked_gallery(
     the query's own file) are left out, so the list is the one the metrics scored. Where fewer than
     k items remain, the tail holds index -1 and distance inf.
     """
+    features = FeatureBlocks.build(query.features, gallery.features, metric, device)
+    return _top_k(features.blocks(block_size, reuse=True), query, gallery, len(features.query), len(features.gallery), k)
+
+
+def ranked_from_distances(
+    distmat: Array, query: ImageSet, gallery: ImageSet, k: int = 10, *, block_size: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`ranked_gallery` from a given (num_query, num_gallery) distance matrix, e.g. the
+    re-ranked one (its rows are copied block by block: the matrix is not changed)."""
+    dist = as_tensor(distmat)
+    if dist.ndim != 2:
+        raise ValueError(f"distmat must be 2-D (num_query, num_gallery), got shape {tuple(dist.shape)}")
+    num_query, num_gallery = dist.shape
+    rows = block_rows(block_size, num_gallery, dist.element_size())
+
+    def blocks() -> Iterator[tuple[int, int, torch.Tensor]]:
+        for start in range(0, num_query, rows):
+            end = min(start + rows, num_query)
+            yield start, end, dist[start:end].clone()
+
+    return _top_k(blocks(), query, gallery, num_query, num_gallery, k)
+
+
+def _top_k(
+    blocks: Iterator[tuple[int, int, torch.Tensor]], query: ImageSet, gallery: ImageSet, num_query: int,
+    num_gallery: int, k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k best gallery items of each query from distance blocks (which it may overwrite)."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
-    features = FeatureBlocks.build(query.features, gallery.features, metric, device)
-    num_query, num_gallery = len(features.query), len(features.gallery)
     sides = (query.pids, query.paths, gallery.pids, gallery.paths)
     protocol = None
     if any(side is not None for side in sides):
@@ -205,7 +232,7 @@ def ranked_gallery(
     width = min(k, num_gallery)
     indices = np.full((num_query, k), -1, dtype=np.int64)
     distances = np.full((num_query, k), np.inf, dtype=np.float64)
-    for start, end, block in features.blocks(block_size, reuse=True):
+    for start, end, block in blocks:
         if protocol is not None:
             related, is_match = protocol.related(start, end)
             removed = torch.as_tensor((related >= 0) & ~is_match, device=block.device)

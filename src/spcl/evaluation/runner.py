@@ -12,7 +12,8 @@ chains the two.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,24 @@ from torch import nn
 
 from spcl.data import Dataset, Item
 from spcl.evaluation.features import extract_features
-from spcl.evaluation.metrics import format_metrics, metrics_from_distances, metrics_from_features
+from spcl.evaluation.metrics import (
+    format_metrics,
+    metrics_from_distances,
+    metrics_from_features,
+    ranked_from_distances,
+    ranked_gallery,
+)
 from spcl.evaluation.protocol import ImageSet
 from spcl.evaluation.reranking import re_rank
 from spcl.evaluation.vehicleid import vehicleid_metrics
 from spcl.models import use_domain
 from spcl.utils import Distributed, memory_advice, write_csv
 
-__all__ = ["evaluate_model", "format_result", "save_results"]
+__all__ = ["RANKED_LIST_LENGTH", "evaluate_model", "format_result", "save_results"]
+
+# How many gallery items of each query's ranked list an evaluation keeps (``ranked.csv``): the
+# ranked-list pictures (``spcl visualize``, ``spcl report``) show up to this many.
+RANKED_LIST_LENGTH = 20
 
 _SMALLER_BATCH = "lower eval.batch_size (--eval.batch_size), or evaluate with --device cpu"
 
@@ -72,8 +83,14 @@ def _metrics(data: Dataset, features: torch.Tensor, rerank: bool, device: torch.
     query = ImageSet.from_items(data.query, features[: len(data.query)])
     gallery = ImageSet.from_items(data.gallery, features[len(data.query) :])
     if rerank:
-        return dict(metrics_from_distances(re_rank(query.features, gallery.features), query, gallery))
-    return dict(metrics_from_features(query, gallery, "cosine", device=device))
+        distances = re_rank(query.features, gallery.features)
+        result = dict(metrics_from_distances(distances, query, gallery))
+        ranked = ranked_from_distances(distances, query, gallery, RANKED_LIST_LENGTH)
+    else:
+        result = dict(metrics_from_features(query, gallery, "cosine", device=device))
+        ranked = ranked_gallery(query, gallery, RANKED_LIST_LENGTH, "cosine", device=device)
+    result["ranked_index"], result["ranked_distance"] = ranked
+    return result
 
 
 def format_result(result: Mapping[str, Any], title: str) -> str:
@@ -81,10 +98,14 @@ def format_result(result: Mapping[str, Any], title: str) -> str:
     return f"{title}: {format_metrics(result)}"
 
 
-def save_results(result: Mapping[str, Any], folder: str | Path, queries: list[Item]) -> Path:
+def save_results(
+    result: Mapping[str, Any], folder: str | Path, queries: list[Item], gallery: list[Item] | None = None
+) -> Path:
     """Write the evaluation next to the run: ``per_query.csv`` (one row per query: file, identity,
-    camera, AP and the rank of its first true match, for ranked-list views) or, for a protocol that
-    averages gallery draws, ``draws.csv`` (one row per draw). Returns the file written."""
+    camera, AP and the rank of its first true match) and, given the gallery, ``ranked.csv`` (the
+    first gallery items of each query's ranked list, as the metrics scored it: what
+    ``spcl visualize`` draws); or, for a protocol that averages gallery draws, ``draws.csv`` (one
+    row per draw). Returns the per-query (or per-draw) file."""
     folder = Path(folder)
     if "draw_mAP" in result:
         cmc = np.asarray(result["draw_cmc"])
@@ -100,5 +121,26 @@ def save_results(result: Mapping[str, Any], folder: str | Path, queries: list[It
     for i, (path, pid, cam) in enumerate(queries):
         a = ap[i] if i < len(ap) else float("nan")
         r = int(first[i]) if i < len(first) else -1
-        rows.append([path, pid, "" if cam is None else cam, f"{a:.6f}", r])
-    return write_csv(folder / "per_query.csv", ["query", "pid", "camid", "ap", "first_match_rank"], rows)
+        rows.append([os.path.abspath(path), pid, _camera(cam), f"{a:.6f}", r])
+    written = write_csv(folder / "per_query.csv", ["query", "pid", "camid", "ap", "first_match_rank"], rows)
+    if gallery is not None and "ranked_index" in result:
+        write_csv(folder / "ranked.csv", RANKED_COLUMNS, _ranked_rows(result, queries, gallery))
+    return written
+
+
+# Columns of ``ranked.csv``: one row per (query, rank); ``match`` is 1 for a true match.
+RANKED_COLUMNS = ["query_index", "rank", "gallery", "pid", "camid", "distance", "match"]
+
+
+def _camera(cam: Any) -> str:
+    return "" if cam is None else str(cam)
+
+
+def _ranked_rows(result: Mapping[str, Any], queries: list[Item], gallery: list[Item]) -> Iterator[list[Any]]:
+    index, distance = np.asarray(result["ranked_index"]), np.asarray(result["ranked_distance"])
+    for q, (_, qpid, _) in enumerate(queries):
+        for rank, (g, d) in enumerate(zip(index[q], distance[q]), start=1):
+            if g < 0:
+                break
+            path, pid, cam = gallery[g]
+            yield [q, rank, os.path.abspath(path), pid, _camera(cam), f"{d:.6f}", int(pid == qpid)]

@@ -44,6 +44,6 @@ def evaluate_checkpoint(
     title = f"{Path(checkpoint).name} on {data.name}" + (" (re-ranked)" if rerank else "")
     print(format_result(result, title))
     out_dir = Path(output) if output else Path(checkpoint).parent / f"eval-{data.name}"
-    written = save_results(result, out_dir, data.query)
+    written = save_results(result, out_dir, data.query, data.gallery)
     print(f"{'per-query' if written.name == 'per_query.csv' else 'per-draw'} results: {written}")
     return result

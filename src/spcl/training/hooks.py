@@ -203,7 +203,8 @@ class Evaluation(Hook):
         cmc = result["cmc"]
         entry.eval = {"mAP": float(result["mAP"]), "rank1": float(cmc[0]), "rank5": float(cmc[4]), "rank10": float(cmc[9])}
         if trainer.dist.is_main:
-            save_results(result, trainer.output / f"eval-epoch{entry.epoch}", trainer.target.query)
+            target = trainer.target
+            save_results(result, trainer.output / f"eval-epoch{entry.epoch}", target.query, target.gallery)
         if entry.eval["mAP"] > trainer.best["mAP"]:
             trainer.best = {"mAP": entry.eval["mAP"], "epoch": entry.epoch}
             trainer.save("best.pth")
