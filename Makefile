@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
+TEST_STAMP := $(VENV)/.test-stamp
 DATA ?= data
 RUNS ?= runs
 
@@ -16,15 +17,20 @@ $(STAMP): pyproject.toml requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# The optional packages the tests exercise (faiss search, ONNX export and its onnxruntime check).
+$(TEST_STAMP): $(STAMP) requirements-test.txt
+	$(PY) -m pip install --quiet -r requirements-test.txt
+	touch $(TEST_STAMP)
+
 setup: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m spcl demo --data-root $(DATA) --output $(RUNS)/demo
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(PY) -m pytest -q
 
-test-all: $(STAMP)
+test-all: $(TEST_STAMP)
 	$(PY) -m pytest -q -m ""
 
 benchmark: $(STAMP)
