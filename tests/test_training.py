@@ -347,8 +347,11 @@ def load_checkpoint_roundtrip(state: dict, path: Path) -> dict:
 def test_bf16_autocast_and_channels_last_on_cpu(data_root: Path, tmp_path: Path) -> None:
     config = _config(data_root, tmp_path / "amp", **{"optim.epochs": 1, "optim.iters": 3, "runtime.amp": "bf16",
                                                       "runtime.channels_last": "on", "eval.every": 0})
-    trainer = Trainer(config, log=lambda _: None, progress=False)
-    assert trainer.amp_dtype == torch.bfloat16 and trainer.channels_last
+    said: list[str] = []
+    trainer = Trainer(config, log=said.append, progress=False)
+    # bf16 + channels-last training on the CPU gave NaN gradients on one x86 processor: refused with a note
+    assert trainer.amp_dtype == torch.bfloat16 and not trainer.channels_last
+    assert any("channels_last is turned off" in line for line in said)
     seen = []
     handle = trainer.model.backbone.conv1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     trainer.fit()
