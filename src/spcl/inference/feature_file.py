@@ -174,6 +174,7 @@ def extract_to_file(
         features[i * chunk : i * chunk + len(piece)] = piece
     result = FeatureSet(features, images, _meta(extractor, key))
     result.save(out)
+    result.features = np.array(features)  # into memory: the partial folder behind the memmap goes
     del features
     shutil.rmtree(partial)
-    return load_features(out)
+    return result
