@@ -81,15 +81,20 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.backbone(x)
-        if x.dim() == 4:  # feature map; token backbones (timm ViTs) come pooled already
-            x = self.pool(x)
-        if self.embedding is not None:
-            x = self.embedding(x)
-        x = self.neck(x)
-        if self.norm or not self.training:
-            x = F.normalize(x, dim=1)
-        if self.training and self.dropout is not None:
-            x = self.dropout(x)
+        # the head runs in float32 under autocast: pooling sums thousands of activations, and the
+        # neck's statistics and the normalisation's norm feed a loss at temperature 0.05, where a
+        # bf16 mantissa (8 bits) is too coarse; it is a negligible share of the compute
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float()
+            if x.dim() == 4:  # feature map; token backbones (timm ViTs) come pooled already
+                x = self.pool(x)
+            if self.embedding is not None:
+                x = self.embedding(x)
+            x = self.neck(x)
+            if self.norm or not self.training:
+                x = F.normalize(x, dim=1)
+            if self.training and self.dropout is not None:
+                x = self.dropout(x)
         return x
 
 

@@ -180,11 +180,6 @@ class Trainer:
         self._check_processes()
         self.amp_dtype = resolve_amp(c.runtime.amp, self.device)
         self.channels_last = resolve_channels_last(c.runtime.channels_last, self.device)
-        if self.channels_last and self.device.type == "cpu" and self.amp_dtype == torch.bfloat16:
-            # measured: on some x86 processors the CPU kernels of bf16 + channels-last training give NaN
-            # gradients within three steps of the tiny test model, while either setting alone trains
-            self.log("note: channels_last is turned off for bf16 training on the CPU (NaN gradients on some processors)")
-            self.channels_last = False
         self.workers = resolve_workers(c.data.workers, self.device, self.dist.world_size)
         set_deterministic(c.runtime.deterministic, self.device)
 
@@ -466,7 +461,8 @@ class Trainer:
         if not math.isfinite(values[0]):
             raise TrainingDiverged(
                 f"loss became {values[0]} at epoch {self.epoch + 1}; the last good checkpoint "
-                f"{self.output / 'last.pth'} is kept. Lower the learning rate or check the data."
+                f"{self.output / 'last.pth'} is kept. Lower the learning rate or check the data"
+                + (" (mixed precision is on: --amp off trains in float32)." if self.amp_dtype is not None else ".")
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
