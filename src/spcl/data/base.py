@@ -11,6 +11,7 @@ same-camera filter never removes its true matches and the sampler may pair it wi
 
 from __future__ import annotations
 
+import csv
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -206,3 +207,25 @@ def require_dirs(base: Path, names: Sequence[str], layout: str) -> None:
             f"{layout}: expected folders {', '.join(names)} under {base}, "
             f"but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing"
         )
+
+
+def read_csv_rows(path: Path, required: Sequence[str], layout: str) -> list[tuple[int, dict[str, str]]]:
+    """The rows of a CSV file as (line number, stripped cells by stripped column name).
+
+    Files from spreadsheets read as plain CSV (UTF-8 byte-order mark, Windows line ends); a file
+    that is not UTF-8 text, not CSV, or lacks one of ``required`` columns is refused with the
+    expected ``layout`` (e.g. "path,split,pid[,camid]") in the message."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            if not set(required).issubset(columns):
+                raise DatasetError(f"{path}: expected columns {layout}, found {','.join(columns) or 'none'}")
+            return [
+                (reader.line_num, {k.strip(): (v or "").strip() for k, v in row.items() if k is not None})
+                for row in reader
+            ]
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
+    except csv.Error as exc:
+        raise DatasetError(f"{path}: not a readable CSV file ({exc})") from None

@@ -8,7 +8,6 @@ follow the dataset's convention names the file.  Nothing is silently skipped exc
 
 from __future__ import annotations
 
-import csv
 import re
 import warnings
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ from spcl.data.base import (
     Item,
     list_images,
     note_skipped,
+    read_csv_rows,
     register_dataset,
     relabel_train,
     require_dirs,
@@ -256,22 +256,7 @@ def read_manifest(path: Path) -> Dataset:
         path = path / "manifest.csv"
     if not path.is_file():
         raise DatasetError(f"manifest: expected a CSV file with columns path,split,pid[,camid] at {path}")
-    rows: list[tuple[int, dict[str, str]]] = []
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            columns = [c.strip() for c in (reader.fieldnames or [])]
-            required = {"path", "split", "pid"}
-            if not required.issubset(columns):
-                raise DatasetError(
-                    f"{path}: expected columns path,split,pid[,camid], found {','.join(columns) or 'none'}"
-                )
-            for row in reader:
-                rows.append((reader.line_num, {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}))
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
-    except csv.Error as exc:
-        raise DatasetError(f"{path}: not a readable CSV file ({exc})") from None
+    rows = read_csv_rows(path, ("path", "split", "pid"), "path,split,pid[,camid]")
     base = path.parent
     splits: dict[str, list[Item]] = {s: [] for s in _SPLITS}
     first_line: dict[tuple[str, str], int] = {}

@@ -16,14 +16,13 @@ Unknown identities and cameras are -1.
 
 from __future__ import annotations
 
-import csv
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from spcl.data.base import IMAGE_SUFFIXES, DatasetError, list_images
+from spcl.data.base import IMAGE_SUFFIXES, DatasetError, list_images, read_csv_rows
 
 __all__ = ["ImageList", "list_input_images"]
 
@@ -101,15 +100,7 @@ def _read_list(path: Path) -> ImageList:
 
 
 def _read_csv(path: Path) -> ImageList:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            columns = [c.strip() for c in (reader.fieldnames or [])]
-            if "path" not in columns:
-                raise DatasetError(f"{path}: expected a path column (and optional pid, camid), found {','.join(columns) or 'none'}")
-            rows = [(reader.line_num, {k.strip(): (v or "").strip() for k, v in r.items() if k}) for r in reader]
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
+    rows = read_csv_rows(path, ("path",), "path[,pid,camid]")
     paths, pids, cams = [], [], []
     for lineno, row in rows:
         image = (path.parent / row["path"]).resolve()
