@@ -324,11 +324,48 @@ def test_data_that_cannot_teach_much_is_warned_about(data_root: Path, tmp_path: 
     assert any("fewer than a batch (64)" in line for line in said)
 
 
+@pytest.mark.parametrize("mode,update", [("usl", "sample"), ("uda", "hard")])
+def test_cluster_memory_trains_one_slot_per_cluster_and_resumes_bit_identical(
+    data_root: Path, tmp_path: Path, mode: str, update: str
+) -> None:
+    extra = {"memory.kind": "cluster", "memory.cluster_update": update, "memory.momentum": 0.1, "eval.every": 0,
+             "optim.epochs": 3}
+    full = _run(_config(data_root, tmp_path / "full", mode, **extra))
+    _run(_config(data_root, tmp_path / "split", mode, **{**extra, "optim.epochs": 2}))
+    resumed = _run(_config(data_root, tmp_path / "split", mode, **extra))
+    a, b = load_checkpoint(tmp_path / "full" / "last.pth"), load_checkpoint(tmp_path / "split" / "last.pth")
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    assert torch.equal(a["memory"]["features"], b["memory"]["features"])
+    assert torch.equal(a["memory"]["assignment"], b["memory"]["assignment"])
+    assert [e.loss for e in full.history] == [e.loss for e in resumed.history]
+    memory, labels = full.memory, full.target_labels
+    assert memory.kind == "cluster" and memory.hard == (update == "hard")
+    assert all(np.isfinite(e.loss) for e in full.history)
+    # one slot per cluster after the source classes; outliers (-1) are out of the slots and the sampler
+    clusters = full.history[-1].num_clusters
+    assert memory.num_slots == full.num_source_classes + clusters == full.num_source_classes + labels.max() + 1
+    assert set(np.unique(labels[labels >= 0])) == set(range(clusters))
+    sampled = full._make_loaders()["target"].sampler
+    assert all(labels[index] >= 0 for index, _seed in iter(sampled))
+    norms = memory.features.norm(dim=1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+
+
+def test_cluster_memory_without_clusters_says_what_to_change(data_root: Path, tmp_path: Path) -> None:
+    config = _config(data_root, tmp_path / "none", "usl", **{"memory.kind": "cluster", "pseudo.eps": 0.02,
+                                                              "pseudo.eps_gap": 0.01, "pseudo.min_samples": 4})
+    with pytest.raises(ValueError, match="raise pseudo.eps or lower pseudo.min_samples"):
+        _run(config)
+
+
+@pytest.mark.parametrize("kind", ["hybrid", "cluster"])
 @pytest.mark.parametrize("device", ["cpu", *(["cuda"] if torch.cuda.is_available() else [])])
-def test_a_resume_restores_the_saved_state_bit_for_bit(data_root: Path, tmp_path: Path, device: str) -> None:
+def test_a_resume_restores_the_saved_state_bit_for_bit(data_root: Path, tmp_path: Path, device: str, kind: str) -> None:
     from spcl.training.checkpoint import checksum
 
-    config = _config(data_root, tmp_path / "run", **{"optim.epochs": 2, "eval.every": 0, "device": device})
+    config = _config(data_root, tmp_path / "run", **{"optim.epochs": 2, "eval.every": 0, "device": device,
+                                                     "memory.kind": kind})
     first = Trainer(config, log=lambda _: None, progress=False)
     first.init_memory()
     first.assign_labels()

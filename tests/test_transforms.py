@@ -112,3 +112,42 @@ def test_erasing_rejects_bad_settings() -> None:
         RandomErasing(p=1.5)
     with pytest.raises(ValueError):
         RandomErasing(sl=0.5, sh=0.1)
+
+
+def _pixels(tensor: torch.Tensor) -> np.ndarray:
+    """Back to 0-255 values (H x W x 3)."""
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return ((tensor * std + mean) * 255).round().permute(1, 2, 0).numpy()
+
+
+@pytest.mark.parametrize("mode,fill,border", [
+    ("constant", 0, 0),  # the reference: a black frame on a white image
+    ("constant", 200, 200),  # the background's grey level
+    ("edge", 0, None),
+    ("reflect", 0, None),
+])
+def test_padding_mode_decides_what_the_crop_frame_shows(mode: str, fill: int, border: int | None) -> None:
+    # a white image with a dark stripe along its left edge: edge padding repeats the stripe, reflect mirrors
+    # the column next to it (white), constant paints the fill value
+    array = np.full((32, 16, 3), 255, dtype=np.uint8)
+    array[:, 0] = 40
+    image = Image.fromarray(array)
+    t = build_train_transform(32, 16, flip_p=0.0, padding=4, erasing_p=0.0, padding_mode=mode, padding_fill=fill)
+    crops = [_pixels(t(image, generator=torch.Generator().manual_seed(seed))) for seed in range(40)]
+    values = {int(v) for c in crops for v in np.unique(c[:, :, 0])}
+    if border is not None:
+        assert border in values  # the frame's colour appears
+        assert values <= {border, 40, 255}
+    elif mode == "edge":
+        assert values <= {40, 255}  # no new colour: the stripe and the white repeated
+        assert any((c[:, :2, 0] == 40).all() for c in crops)  # two stripe columns side by side: the edge repeated
+    else:
+        assert values <= {40, 255}
+        assert not any((c[:, :2, 0] == 40).all() for c in crops)  # mirrored about the edge: never two stripes
+
+
+def test_padding_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="padding_mode must be one of constant, edge, reflect"):
+        build_train_transform(32, 16, padding_mode="wrap")
+    with pytest.raises(ValueError, match="grey level"):
+        build_train_transform(32, 16, padding_fill=300)

@@ -49,6 +49,12 @@ class DataConfig:
     """Images per identity in a batch (the anchor plus three from other cameras)."""
     padding: int = 10
     """Pixels of padding before the random crop (10 at 256x128; scale it down for small images)."""
+    padding_mode: Literal["constant", "edge", "reflect"] = "constant"
+    """How the padding is filled (``spcl.data.transforms.PADDING_MODES``): constant (the reference's
+    black, ``padding_fill``), edge pixels repeated, or mirrored; edge / reflect suit light or uniform
+    backgrounds, where a black frame is an artefact."""
+    padding_fill: int = 0
+    """Grey level (0-255) of constant padding."""
     flip_p: float = 0.5
     erasing_p: float = 0.5
     """Probability of random erasing (SPEC section 7)."""
@@ -85,10 +91,17 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class MemoryConfig:
+    kind: Literal["hybrid", "cluster"] = "hybrid"
+    """'hybrid': SpCL (source centroids, target instances, self-paced clusters); 'cluster': Cluster
+    Contrast (one slot per cluster, set each epoch from fresh features; outliers leave training)."""
     temp: float = 0.05
     momentum: float = 0.2
+    """The update's momentum: 0.2 in SpCL, 0.1 in Cluster Contrast's scripts (its presets say so)."""
     source_update: Literal["sample", "mean"] = "sample"
     """'sample': each sample pulls its class centroid in turn (reference); 'mean': once per class (paper)."""
+    cluster_update: Literal["sample", "hard"] = "sample"
+    """kind 'cluster': 'sample' = every batch sample pulls its slot in batch order; 'hard' = each slot
+    of the batch is pulled once, by its batch sample least similar to it (Cluster Contrast's use_hard)."""
 
 
 @dataclass(frozen=True)
@@ -195,6 +208,7 @@ class Config:
             ("data.prefetch", d.prefetch, d.prefetch >= 1, ">= 1"),
             ("data.num_instances", d.num_instances, d.num_instances >= 1, ">= 1"),
             ("data.padding", d.padding, d.padding >= 0, ">= 0"),
+            ("data.padding_fill", d.padding_fill, 0 <= d.padding_fill <= 255, "a grey level in [0, 255]"),
             ("data.flip_p", d.flip_p, 0.0 <= d.flip_p <= 1.0, probability),
             ("data.erasing_p", d.erasing_p, 0.0 <= d.erasing_p <= 1.0, probability),
             ("data.vehicleid_test_size", d.vehicleid_test_size, d.vehicleid_test_size in (800, 1600, 2400),

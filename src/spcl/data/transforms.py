@@ -25,6 +25,7 @@ from torchvision.transforms import functional as TF
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "PADDING_MODES",
     "RandomErasing",
     "TrainTransform",
     "build_test_transform",
@@ -104,6 +105,13 @@ class RandomErasing(torch.nn.Module):
         return f"p={self.p}, area=({self.sl}, {self.sh}), r1={self.r1}, value={self.value}"
 
 
+PADDING_MODES = ("constant", "edge", "reflect")
+"""How the pad-and-crop step fills its border: a constant grey level (``padding_fill``; 0 = black,
+the reference's, right for street photos), the edge pixels repeated, or the image mirrored. On
+light or uniform backgrounds (documents, product shots, drawn symbols) a black frame is an artefact
+the model learns; ``edge`` or ``reflect`` (or ``constant`` with the background's grey level) avoid it."""
+
+
 class TrainTransform:
     """PIL image -> normalised tensor with the reference's augmentations (SPEC section 7): bicubic
     resize, horizontal flip, pad + random crop, ImageNet normalisation, random erasing.
@@ -121,13 +129,20 @@ class TrainTransform:
         erasing_p: float = 0.5,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        padding_mode: str = "constant",
+        padding_fill: int = 0,
     ) -> None:
         if not 0.0 <= flip_p <= 1.0:
             raise ValueError(f"flip probability must be in [0, 1], got {flip_p}")
         if padding < 0:
             raise ValueError(f"padding must be >= 0, got {padding}")
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {', '.join(PADDING_MODES)}, got {padding_mode!r}")
+        if not 0 <= padding_fill <= 255:
+            raise ValueError(f"padding_fill is a grey level in [0, 255], got {padding_fill}")
         self.size = (height, width)
         self.flip_p, self.padding = float(flip_p), int(padding)
+        self.padding_mode, self.padding_fill = padding_mode, int(padding_fill)
         self.resize = T.Resize((height, width), interpolation=T.InterpolationMode.BICUBIC)
         self.normalize = T.Normalize(mean=list(mean), std=list(std))
         self.erasing = RandomErasing(p=erasing_p) if erasing_p > 0 else None
@@ -137,7 +152,7 @@ class TrainTransform:
         if self.flip_p > 0 and torch.rand(1, generator=generator) < self.flip_p:
             image = TF.hflip(image)
         if self.padding > 0:
-            image = TF.pad(image, self.padding)
+            image = TF.pad(image, self.padding, fill=self.padding_fill, padding_mode=self.padding_mode)
             height, width = self.size
             top = int(torch.randint(0, image.height - height + 1, size=(1,), generator=generator))
             left = int(torch.randint(0, image.width - width + 1, size=(1,), generator=generator))
@@ -148,7 +163,8 @@ class TrainTransform:
         return tensor
 
     def __repr__(self) -> str:
-        return (f"TrainTransform(size={self.size}, flip_p={self.flip_p}, padding={self.padding}, "
+        pad = f"{self.padding_mode}" + (f" {self.padding_fill}" if self.padding_mode == "constant" else "")
+        return (f"TrainTransform(size={self.size}, flip_p={self.flip_p}, padding={self.padding} ({pad}), "
                 f"erasing={self.erasing!r})")
 
 

@@ -5,7 +5,9 @@ Two kinds, one interface (``labeler(features) -> TargetLabels``, plus ``state_di
 
 - ``SelfPacedLabels``: SpCL's pseudo labels of the memory's instance features, with the
   independence threshold alpha fixed at the first epoch that has a real cluster; with
-  ``discard_outliers`` the un-clustered samples leave training (the classic baseline);
+  ``discard_outliers`` the un-clustered samples leave training (the classic baseline). With the
+  cluster memory (Cluster Contrast) it labels the epoch's freshly extracted features, without the
+  self-paced criterion, and the outliers leave training;
 - ``GroundTruthLabels``: the target's true identities (the oracle run).
 
 Source-only runs have no target slots and no labeler.
@@ -13,6 +15,7 @@ Source-only runs have no target slots and no labeler.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,5 +96,9 @@ def target_labeler(config: Config, target: Dataset, device: torch.device) -> Sel
     if config.mode in ("uda", "usl"):
         truth = np.array([pid for _, pid, _ in target.train])
         known = bool((truth >= 0).all()) and target.num_train_pids > 1
-        return SelfPacedLabels(config.pseudo, device, truth if known else None)
+        settings = config.pseudo
+        if config.memory.kind == "cluster":
+            # Cluster Contrast: DBSCAN's clusters as they come, its outliers out of the epoch's training
+            settings = dataclasses.replace(settings, self_paced=False, discard_outliers=True)
+        return SelfPacedLabels(settings, device, truth if known else None)
     return None

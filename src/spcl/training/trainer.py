@@ -41,7 +41,7 @@ from spcl.data.loader import TrainLoader
 from spcl.data.sampler import RandomMultipleGallerySampler
 from spcl.data.transforms import build_test_transform, build_train_transform
 from spcl.evaluation import evaluate_model, extract_features
-from spcl.memory import HybridMemory
+from spcl.memory import ClusterMemory, HybridMemory
 from spcl.models import require_backbone, use_domain
 from spcl.models.images_per_bn import batchnorm_buffers, set_bn_groups
 from spcl.training.checkpoint import (
@@ -214,14 +214,22 @@ class Trainer:
 
         self.num_source_classes = self.source.num_train_pids if self.source is not None else 0
         self.num_target = len(self.target.train) if self.train_target else 0
-        self.memory = HybridMemory(
-            self.model.out_features,
-            self.num_source_classes + self.num_target,
-            temp=c.memory.temp,
-            momentum=c.memory.momentum,
-            num_source_classes=self.num_source_classes,
-            source_update=c.memory.source_update,
-        ).to(self.device)
+        self.memory: HybridMemory | ClusterMemory
+        if c.memory.kind == "cluster":
+            self.memory = ClusterMemory(
+                self.model.out_features, self.num_source_classes, temp=c.memory.temp, momentum=c.memory.momentum,
+                hard=c.memory.cluster_update == "hard", num_source_classes=self.num_source_classes,
+                num_target=self.num_target,
+            ).to(self.device)
+        else:
+            self.memory = HybridMemory(
+                self.model.out_features,
+                self.num_source_classes + self.num_target,
+                temp=c.memory.temp,
+                momentum=c.memory.momentum,
+                num_source_classes=self.num_source_classes,
+                source_update=c.memory.source_update,
+            ).to(self.device)
         self.labeler = target_labeler(c, self.target, self.device) if self.train_target else None
 
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -230,7 +238,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
         self.train_transform = build_train_transform(
-            c.data.height, c.data.width, flip_p=c.data.flip_p, padding=c.data.padding, erasing_p=c.data.erasing_p
+            c.data.height, c.data.width, flip_p=c.data.flip_p, padding=c.data.padding, erasing_p=c.data.erasing_p,
+            padding_mode=c.data.padding_mode, padding_fill=c.data.padding_fill,
         )
         self.test_transform = build_test_transform(c.data.height, c.data.width)
         self.epoch = 0
@@ -369,9 +378,9 @@ class Trainer:
             features = self._extract(self.source.train, 0, "source features")
             self.memory.init_source(features, [p for _, p, _ in self.source.train])
         fault_point("init_memory")
-        if self.train_target:
+        if self.train_target and isinstance(self.memory, HybridMemory):
             self.memory.init_target(self._extract(self.target.train, -1, "target features"))
-        self.memory_ready = True
+        self.memory_ready = True  # a cluster memory's target slots come with each epoch's clusters
 
     def _extract(self, items: list[Item], domain: int, desc: str) -> torch.Tensor:
         c = self.config
@@ -388,16 +397,30 @@ class Trainer:
         remedy = ("lower pseudo.k1 (the neighbours kept per image), or use --pseudo.knn_backend faiss; on an "
                   "accelerator, --device cpu gives the search the machine's memory")
         labeler = self.labeler
+        memory = self.memory
+        if isinstance(memory, ClusterMemory):
+            # Cluster Contrast: this epoch's features from the current encoder (evaluation mode, target BNs)
+            features = self._extract(self.target.train, -1, "target features")
+        else:
+            features = memory.target_features  # SpCL: the memory's instance features
 
         def compute() -> tuple[TargetLabels, dict[str, Any]]:
             with memory_advice(f"pseudo-labelling {self.num_target} target features on {self.device}", remedy):
-                return labeler(self.memory.target_features), labeler.state_dict()
+                return labeler(features), labeler.state_dict()
 
         labels, state = self.dist.run_on_main(compute, "pseudo-labelling")
         if not self.dist.is_main:
             labeler.load_state_dict(state)  # e.g. the alpha fixed at the first epoch
         fault_point(f"labels:{self.epoch + 1}")
-        self.memory.set_pseudo_labels(labels.labels)
+        if isinstance(memory, ClusterMemory):
+            if not (labels.labels >= 0).any():
+                raise ValueError(
+                    f"epoch {self.epoch + 1}: DBSCAN put every target image out of the clusters, so the cluster memory "
+                    "has nothing to train on; raise pseudo.eps or lower pseudo.min_samples"
+                )
+            memory.set_clusters(features, labels.labels)
+        else:
+            memory.set_pseudo_labels(labels.labels)
         return labels
 
     def train_epoch(self) -> EpochLog:

@@ -19,19 +19,15 @@ The memory is the single owner of the sample -> slot mapping (``source_slots``, 
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from spcl.memory.base import ArrayLike, SlotMemory
 
 __all__ = ["HybridMemory"]
 
-ArrayLike = torch.Tensor | np.ndarray | list[int]
 
-
-class HybridMemory(nn.Module):
+class HybridMemory(SlotMemory):
     """Source class centroids + target instance features, with the unified contrastive loss.
 
     Args:
@@ -49,8 +45,8 @@ class HybridMemory(nn.Module):
     (num_slots, int64). Before any pseudo labels every slot is its own class.
     """
 
-    features: torch.Tensor
     labels: torch.Tensor
+    kind = "hybrid"
 
     def __init__(
         self,
@@ -63,38 +59,18 @@ class HybridMemory(nn.Module):
         source_update: str = "sample",
         eps: float = 1e-6,
     ) -> None:
-        super().__init__()
-        if not 0 <= num_source_classes <= num_slots:
-            raise ValueError(
-                f"need 0 <= num_source_classes <= num_slots, got {num_source_classes}, {num_slots}"
-            )
         if source_update not in ("sample", "mean"):
             raise ValueError(f"source_update must be 'sample' or 'mean', got {source_update!r}")
-        if temp <= 0 or not 0.0 <= momentum < 1.0:
-            raise ValueError(f"need temp > 0 and 0 <= momentum < 1, got {temp}, {momentum}")
-        self.num_features = num_features
-        self.num_source_classes = num_source_classes
-        self.temp = temp
-        self.momentum = momentum
+        super().__init__(num_features, num_slots, temp, momentum, num_source_classes)
         self.source_update = source_update
         self.eps = eps
-        self.register_buffer("features", torch.zeros(num_slots, num_features))
         self.register_buffer("labels", torch.arange(num_slots))
 
     # ---------------------------------------------------------------------------------- layout
     @property
-    def num_slots(self) -> int:
-        return self.features.shape[0]
-
-    @property
     def num_target(self) -> int:
         """Number of target instance slots."""
         return self.num_slots - self.num_source_classes
-
-    @property
-    def source_features(self) -> torch.Tensor:
-        """The source class centroids (a view: num_source_classes x d)."""
-        return self.features[: self.num_source_classes]
 
     @property
     def target_features(self) -> torch.Tensor:
@@ -108,10 +84,6 @@ class HybridMemory(nn.Module):
         labels = self.labels[self.num_source_classes :]
         return torch.where(labels >= 0, labels - self.num_source_classes, labels)
 
-    def source_slots(self, class_ids: ArrayLike) -> torch.Tensor:
-        """Memory slots of source samples with these class ids."""
-        return torch.as_tensor(class_ids, dtype=torch.long, device=self.labels.device)
-
     def target_slots(self, target_indices: ArrayLike) -> torch.Tensor:
         """Memory slots of target samples with these indices in the sorted target training list."""
         index = torch.as_tensor(target_indices, dtype=torch.long, device=self.labels.device)
@@ -123,23 +95,6 @@ class HybridMemory(nn.Module):
         """Set every slot (num_slots x d), L2-normalised."""
         self._check_rows(features, self.num_slots, "init_features")
         self.features.copy_(F.normalize(features.to(self.features), dim=1))
-
-    @torch.no_grad()
-    def init_source(self, features: torch.Tensor, class_ids: ArrayLike) -> None:
-        """Set the source centroids from the features of all source training images and their
-        class ids: per-class mean, L2-normalised (SPEC section 4). Every class needs an image."""
-        s = self.num_source_classes
-        class_ids = self.source_slots(class_ids)
-        self._check_rows(features, class_ids.shape[0], "init_source")
-        if class_ids.numel() and (class_ids.min() < 0 or class_ids.max() >= s):
-            raise ValueError(f"source class ids must lie in [0, {s})")
-        counts = torch.bincount(class_ids, minlength=s)
-        if (counts == 0).any():
-            missing = torch.nonzero(counts == 0).flatten()[:5].tolist()
-            raise ValueError(f"source classes without any image, e.g. {missing}")
-        sums = self.features.new_zeros(s, self.num_features)
-        sums.index_add_(0, class_ids, features.to(self.features))
-        self.features[:s] = F.normalize(sums / counts[:, None], dim=1)
 
     @torch.no_grad()
     def init_target(self, features: torch.Tensor) -> None:
@@ -191,13 +146,6 @@ class HybridMemory(nn.Module):
         means = sums[:num_classes].div_(counts.clamp(min=1)[:, None].to(sums.dtype))  # in place: slots x d is large
         return means, counts > 0
 
-    def loss(self, features: torch.Tensor, indexes: torch.Tensor) -> torch.Tensor:
-        """Unified contrastive loss of L2-normalised ``features`` (B x d) whose memory slots are
-        ``indexes`` (B): mean over the source samples (slot < num_source_classes) plus mean over
-        the target samples, each term only when present. Gradient flows to ``features`` only."""
-        source, target = self.loss_terms(features, indexes)
-        return source + target
-
     def loss_terms(
         self, features: torch.Tensor, indexes: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,10 +161,7 @@ class HybridMemory(nn.Module):
         logits = logits.masked_fill(~nonempty, float("-inf"))
         log_p = logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1)
         nll = -torch.log(torch.exp(log_p) + self.eps)
-        is_source = indexes < self.num_source_classes
-        source = (nll * is_source).sum() / is_source.sum().clamp(min=1)
-        target = (nll * ~is_source).sum() / (~is_source).sum().clamp(min=1)
-        return source, target
+        return self.split_means(nll, indexes, self.num_source_classes)
 
     # ---------------------------------------------------------------------------------- update
     @torch.no_grad()
@@ -231,13 +176,7 @@ class HybridMemory(nn.Module):
         indexes = indexes.to(self.labels.device)
         if self.source_update == "mean":
             features, indexes = self._merge_source(features, indexes)
-        rank = _occurrence_rank(indexes)
-        m = self.momentum
-        for r in range(int(rank.max()) + 1 if rank.numel() else 0):
-            chosen = rank == r
-            slots = indexes[chosen]
-            pulled = m * self.features[slots] + (1.0 - m) * features[chosen]
-            self.features[slots] = F.normalize(pulled, dim=1)
+        self.pull(features, indexes)
 
     def _merge_source(
         self, features: torch.Tensor, indexes: torch.Tensor
@@ -251,24 +190,6 @@ class HybridMemory(nn.Module):
         means = sums / counts[:, None].to(sums)
         return torch.cat([means, features[~source]]), torch.cat([slots, indexes[~source]])
 
-    # ------------------------------------------------------------------------------ plumbing
-    def _check_rows(self, features: torch.Tensor, rows: int, where: str) -> None:
-        if features.dim() != 2 or features.shape != (rows, self.num_features):
-            raise ValueError(
-                f"{where}: expected features of shape ({rows}, {self.num_features}), "
-                f"got {tuple(features.shape)}"
-            )
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"num_source_classes": self.num_source_classes}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        if state["num_source_classes"] != self.num_source_classes:
-            raise ValueError(
-                f"memory state has {state['num_source_classes']} source classes, this memory "
-                f"{self.num_source_classes}: the checkpoint was made with other training data"
-            )
-
     def extra_repr(self) -> str:
         return (
             f"num_features={self.num_features}, num_slots={self.num_slots}, "
@@ -276,13 +197,3 @@ class HybridMemory(nn.Module):
             f"momentum={self.momentum}, source_update={self.source_update!r}"
         )
 
-
-def _occurrence_rank(indexes: torch.Tensor) -> torch.Tensor:
-    """For each position, how many earlier positions hold the same value (0 for a first
-    occurrence), without a Python loop over the batch."""
-    order = torch.argsort(indexes, stable=True)
-    _, counts = torch.unique_consecutive(indexes[order], return_counts=True)
-    starts = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(indexes.shape[0], device=indexes.device) - starts
-    return rank
