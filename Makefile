@@ -7,7 +7,7 @@ TEST_STAMP := $(VENV)/.test-stamp
 DATA ?= data
 RUNS ?= runs
 
-.PHONY: setup demo test test-all benchmark clean
+.PHONY: setup demo test test-all benchmark methods clean
 
 # Set-up is idempotent: the stamp is only rebuilt when the requirements change.
 $(STAMP): pyproject.toml requirements.txt
@@ -35,6 +35,9 @@ test-all: $(TEST_STAMP)
 
 benchmark: $(STAMP)
 	$(PY) -m spcl demo --data-root $(DATA) --output $(RUNS)/benchmark --seeds 0 1 2 --ablations
+
+methods: $(STAMP)
+	$(PY) -m spcl demo --data-root $(DATA) --output $(RUNS)/methods --seeds 0 1 2 --methods
 
 clean:
 	rm -rf $(VENV) $(RUNS) build dist src/*.egg-info

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from spcl.demo import ABLATIONS, RUNS, format_table
+from spcl.demo import ABLATIONS, METHODS, RUNS, _slug, format_table
 
 
 def test_table_mean_and_spread() -> None:
@@ -22,3 +22,11 @@ def test_runs_cover_the_papers_ablations() -> None:
     assert modes == {"uda", "usl", "source-only", "oracle"}
     switches = {key for _, overrides in ABLATIONS.values() for key in overrides}
     assert switches == {"pseudo.discard_outliers", "pseudo.self_paced", "model.dsbn"}
+
+
+def test_method_runs_have_folders_of_their_own() -> None:
+    names = [*RUNS, *ABLATIONS, *METHODS]
+    assert len({_slug(name) for name in names}) == len(names)
+    assert _slug("SpCL (UDA)") == "spcl" and _slug("Cluster Contrast (USL)") == "cluster-contrast-usl"
+    kinds = {overrides.get("memory.kind", "hybrid") for _, overrides in METHODS.values()}
+    assert kinds == {"hybrid", "cluster"}

@@ -251,7 +251,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(
         data_root=args.data_root, output=args.output, seeds=args.seeds, ablations=args.ablations,
-        device=args.device, epochs=args.epochs,
+        device=args.device, epochs=args.epochs, methods=args.methods,
     )
     return 0
 
@@ -277,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="runs/demo")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--ablations", action="store_true", help="also run the paper's ablations")
+    p.add_argument("--methods", action="store_true",
+                   help="also run SpCL without a source and Cluster Contrast's memory (UDA, USL, hard update)")
     p.add_argument("--epochs", type=int, default=None, help="override the demo's number of epochs")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_demo)

@@ -75,12 +75,13 @@ def list_input_images(source: str | Path) -> ImageList:
 
 
 def _with_market_names(paths: list[str]) -> ImageList:
-    """Identities and cameras from Market-1501 style names, when every name follows it."""
+    """Identities and cameras from Market-1501 style names (``0201_c1s1_002228_00.jpg``), file by
+    file: an image named otherwise has an unknown identity and camera (-1)."""
     found = [_MARKET_NAME.match(Path(p).name) for p in paths]
-    if not all(found):
+    if not any(found):
         return ImageList(paths)
-    pids = np.array([int(m.group(1)) for m in found if m], dtype=np.int64)
-    cams = np.array([int(m.group(2)) for m in found if m], dtype=np.int64)
+    pids = np.array([int(m.group(1)) if m else -1 for m in found], dtype=np.int64)
+    cams = np.array([int(m.group(2)) if m else -1 for m in found], dtype=np.int64)
     return ImageList(paths, np.where(pids < 0, -1, pids), cams)
 
 

@@ -98,10 +98,13 @@ def _plot_losses(m: dict[str, np.ndarray], out: Path) -> Path | None:
         return None
     fig, ax = _figure()
     epochs = m["epoch"]
-    ax.plot(epochs, m["loss"], "o-", color="#333333", label="total")
-    for key, colour, label in (("loss_source", "#1f77b4", "source"), ("loss_target", "#d62728", "target")):
-        if _has(m, key) and not np.allclose(np.nan_to_num(m[key]), 0):
-            ax.plot(epochs, m[key], "o-", color=colour, label=label)
+    terms = [(key, colour, label) for key, colour, label in (("loss_source", "#1f77b4", "source"),
+                                                            ("loss_target", "#d62728", "target"))
+             if _has(m, key) and not np.allclose(np.nan_to_num(m[key]), 0)]
+    if len(terms) == 2:  # one domain alone: its term is the total
+        ax.plot(epochs, m["loss"], "o-", color="#333333", label="total")
+    for key, colour, label in terms:
+        ax.plot(epochs, m[key], "o-", color=colour, label=label if len(terms) == 2 else f"{label} (the total)")
     ax.set_ylabel("contrastive loss (epoch mean)")
     ax.set_title("Training loss")
     _epochs_axis(ax, epochs)
@@ -170,7 +173,7 @@ def _plot_accuracy(m: dict[str, np.ndarray], out: Path) -> Path | None:
     ax.set_ylim(0, 100)
     ax.set_title("Evaluation on the target test set")
     _epochs_axis(ax, m["epoch"])
-    ax.legend(frameon=False, loc="lower right")
+    ax.legend(frameon=False, loc="best")
     return _save(fig, out)
 
 
@@ -187,13 +190,26 @@ def _memory_embedding(run: Path, config: dict[str, Any], out: Path, max_points: 
     if "features" not in memory:
         return None, "the checkpoint has no memory: no embedding"
     source = int(memory.get("_extra_state", {}).get("num_source_classes", 0))
-    features = memory["features"][source:].float().numpy()
-    labels = memory["labels"][source:].numpy()
-    if len(features) < 10:
-        return None, "the memory holds no target features (a run without target training): no embedding"
     rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(len(features), min(max_points, len(features)), replace=False))
-    x, y = features[chosen], labels[chosen]
+    if "assignment" in memory:
+        # a cluster memory holds one feature per cluster: the instances are extracted from the images
+        labels = memory["assignment"].numpy()
+        chosen = np.sort(rng.choice(len(labels), min(max_points, len(labels)), replace=False))
+        x, total, where = _target_features(checkpoint, config, chosen)
+        if x is None:
+            return None, where
+        labels = np.where(labels >= 0, labels, -1 - np.arange(len(labels)))  # an outlier is a class of its own
+        y = labels[chosen]
+        kind = "the training images' features under the final encoder"
+    else:
+        features = memory["features"][source:].float().numpy()
+        labels = memory["labels"][source:].numpy()
+        total = len(features)
+        if total < 10:
+            return None, "the memory holds no target features (a run without target training): no embedding"
+        chosen = np.sort(rng.choice(total, min(max_points, total), replace=False))
+        x, y = features[chosen], labels[chosen]
+        kind = "the hybrid memory's target instance features"
     points, method = _embed(x, seed)
     values, counts = np.unique(labels, return_counts=True)
     size = dict(zip(values.tolist(), counts.tolist()))
@@ -215,13 +231,37 @@ def _memory_embedding(run: Path, config: dict[str, Any], out: Path, max_points: 
     ax.set_yticks([])
     ax.set_xlabel(f"{method} 1")
     ax.set_ylabel(f"{method} 2")
-    ax.set_title(f"Target features of the memory ({len(x)} of {len(features)} instances), by pseudo label")
+    ax.set_title(f"Target training features ({len(x)} of {total} images), by pseudo label")
     ax.legend(frameon=False, loc="upper right", markerscale=2)
     _save(fig, out)
-    caption = (f"{method} of {len(x)} target instance features of the hybrid memory after the last epoch "
-               f"({len(features)} in all). The {len(shown)} largest clusters have a colour each; the other clusters "
-               "are dark grey, un-clustered instances light grey crosses.")
+    caption = (f"{method} of {len(x)} of {kind} after the last epoch ({total} in all). The "
+               f"{len(shown)} largest clusters have a colour each; the other clusters are dark grey, un-clustered "
+               "instances light grey crosses.")
     return out, caption
+
+
+def _target_features(checkpoint: Path, config: dict[str, Any], chosen: np.ndarray) -> tuple[np.ndarray | None, int, str]:
+    """Features of the chosen target training images (sorted training-list order) under the
+    checkpoint's encoder, their total number, or None and why not."""
+    from spcl.data import load
+    from spcl.inference.extractor import FeatureExtractor
+
+    data = config.get("data", {})
+    try:
+        target = load(data["target"], data.get("root"))
+    except Exception as exc:  # the data may have moved since training: the rest of the report still stands
+        return None, 0, f"the target training images could not be read ({exc}): no embedding"
+    items = target.train
+    if len(items) <= int(chosen.max(initial=0)):
+        return None, 0, "the target's training images are not the ones the run trained on: no embedding"
+    extractor = FeatureExtractor(checkpoint, "cuda" if _cuda() else "cpu")
+    return extractor([items[i][0] for i in chosen]), len(items), ""
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _tab20() -> list[tuple[float, ...]]:
@@ -257,9 +297,31 @@ def _figure_html(path: Path | None, alt: str, caption: str) -> str:
     return f"<figure>{_image_tag(path, alt)}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
+def _clusters_caption(m: dict[str, np.ndarray], config: dict[str, Any]) -> str:
+    memory = config.get("memory", {}).get("kind", "hybrid")
+    pseudo = config.get("pseudo", {})
+    if memory == "cluster":
+        outliers = "left out of the epoch's training"
+    elif pseudo.get("discard_outliers"):
+        outliers = "left out of training"
+    else:
+        outliers = "trained on as their own classes"
+    alpha = m.get("alpha", np.array([]))
+    tail = ", and the self-paced threshold alpha." if np.isfinite(alpha).any() else "."
+    return (f"Clusters found by DBSCAN on the Jaccard distance each epoch and the target instances left "
+            f"un-clustered ({outliers}){tail}")
+
+
+def _method(config: dict[str, Any]) -> str:
+    memory = config.get("memory", {})
+    if memory.get("kind") == "cluster":
+        return f"Cluster Contrast (cluster memory, {memory.get('cluster_update', 'sample')} update)"
+    return "SpCL (hybrid memory)" if config.get("mode") in ("uda", "usl") else "hybrid memory"
+
+
 def _summary_rows(m: dict[str, np.ndarray], config: dict[str, Any]) -> list[tuple[str, str]]:
     data, model, optim = config.get("data", {}), config.get("model", {}), config.get("optim", {})
-    rows = [("mode", str(config.get("mode", "?")))]
+    rows = [("mode", str(config.get("mode", "?"))), ("method", _method(config))]
     if config.get("mode") in ("uda", "source-only") and data.get("source"):
         rows.append(("source", str(data["source"])))
     rows.append(("target", str(data.get("target", "?"))))
@@ -320,9 +382,7 @@ def write_report(
     curves = [
         (_plot_losses(metrics, pictures / "loss.png"), "loss curves",
          "Mean contrastive loss per epoch; in UDA the total is the sum of the source and target terms."),
-        (_plot_clusters(metrics, pictures / "clusters.png"), "clusters per epoch",
-         "Clusters found by DBSCAN on the Jaccard distance each epoch, the target instances left un-clustered "
-         "(trained on as their own classes), and the self-paced threshold alpha."),
+        (_plot_clusters(metrics, pictures / "clusters.png"), "clusters per epoch", _clusters_caption(metrics, config)),
         (_plot_quality(metrics, pictures / "pseudo_labels.png"), "pseudo-label quality",
          "Pairwise precision (same-cluster pairs that are one identity), pairwise recall (same-identity pairs put "
          "in one cluster) and normalised mutual information against the true target identities."),

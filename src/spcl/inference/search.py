@@ -204,8 +204,8 @@ def search_gallery(
     return results
 
 
-def _who(pid: int, camid: int) -> str:
-    parts = ([f"id {pid}"] if pid >= 0 else []) + ([f"camera {camid}"] if camid >= 0 else [])
+def _who(pid: int, camid: int, camera: str = "camera") -> str:
+    parts = ([f"id {pid}"] if pid >= 0 else []) + ([f"{camera} {camid}"] if camid >= 0 else [])
     return f" ({', '.join(parts)})" if parts else ""
 
 
@@ -229,7 +229,8 @@ def to_rows(results: list[QueryResult]) -> list[Any]:
 
     rows = []
     for r in results:
-        entries = [Entry(m.path, f"#{m.rank}  {m.distance:.3f}", _who(m.pid, m.camid).strip(" ()"),
+        # "cam": the picture's captions are one thumbnail wide
+        entries = [Entry(m.path, f"#{m.rank}  {m.distance:.3f}", _who(m.pid, m.camid, "cam").strip(" ()"),
                          match=m.match, ignored=m.ignored) for m in r.matches]
-        rows.append(Row(r.path, "query", entries, detail=_who(r.pid, r.camid).strip(" ()") or Path(r.path).name))
+        rows.append(Row(r.path, "query", entries, detail=_who(r.pid, r.camid, "cam").strip(" ()") or Path(r.path).name))
     return rows
