@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from spcl.cli import _ALIASES, build_parser, _config_from_args
-from spcl.config import Config, leaf_fields, list_presets, load_config
+from spcl.config import Config, ConfigError, leaf_fields, list_presets, load_config
 
 
 def test_defaults_are_the_reference_hyper_parameters() -> None:
@@ -63,3 +63,9 @@ def test_every_field_has_a_flag_and_aliases_map_to_fields() -> None:
                               "--no-dsbn", "--pseudo.k1", "20"])
     c = _config_from_args(args, args.mode)
     assert (c.data.source, c.data.target, c.optim.lr, c.model.dsbn, c.pseudo.k1) == ("personx", "market1501", 0.001, False, 20)
+
+
+def test_camera_aware_proxies_belong_to_the_cluster_memory() -> None:
+    with pytest.raises(ConfigError, match="memory.camera_aware must be false with memory.kind hybrid"):
+        load_config(overrides={"mode": "usl", "memory.camera_aware": True})
+    assert load_config(overrides={"mode": "usl", "memory.kind": "cluster", "memory.camera_aware": True}).memory.camera_aware

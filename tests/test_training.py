@@ -352,6 +352,48 @@ def test_cluster_memory_trains_one_slot_per_cluster_and_resumes_bit_identical(
     assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["usl", "uda"])
+def test_camera_aware_proxies_train_and_resume_bit_identical(data_root: Path, tmp_path: Path, mode: str) -> None:
+    extra = {"memory.kind": "cluster", "memory.camera_aware": True, "memory.temp": 0.07, "memory.inter_camera_from": 1,
+             "memory.negatives": 5, "eval.every": 0, "optim.epochs": 3}
+    full = _run(_config(data_root, tmp_path / "full", mode, **extra))
+    _run(_config(data_root, tmp_path / "split", mode, **{**extra, "optim.epochs": 2}))
+    resumed = _run(_config(data_root, tmp_path / "split", mode, **extra))
+    a, b = load_checkpoint(tmp_path / "full" / "last.pth"), load_checkpoint(tmp_path / "split" / "last.pth")
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    for key in ("features", "assignment", "proxy_cluster", "proxy_camera"):
+        assert torch.equal(a["memory"][key], b["memory"][key]), key
+    assert [e.loss for e in full.history] == [e.loss for e in resumed.history]
+    memory = full.memory
+    assert memory.kind == "camera" and memory.inter_camera  # on from the second epoch
+    assert all(np.isfinite(e.loss) for e in full.history)
+    # every proxy is one (cluster, camera) pair of the epoch's clusters; the sampler draws proxies
+    labels, cams = full.target_labels, memory.target_cameras.numpy()
+    pairs = {(int(l), int(c)) for l, c in zip(labels, cams) if l >= 0}
+    assert memory.num_proxies == len(pairs) and memory.num_clusters == full.history[-1].num_clusters
+    proxies = memory.sampling_labels.numpy()
+    sampled = full._make_loaders()["target"].sampler
+    drawn = [proxies[index] for index, _seed in iter(sampled)]
+    assert min(drawn) >= 0 and len(set(drawn)) > memory.num_clusters  # proxies, more of them than clusters
+
+
+def test_camera_aware_proxies_need_cameras(tmp_path: Path) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "nocams"
+    folder.mkdir()
+    rows = ["path,split,pid,camid"]  # the camid column is there, every cell of it empty
+    for i in range(12):
+        Image.new("RGB", (16, 32), (20 * i, 80, 160)).save(folder / f"{i}.png")
+        rows.append(f"{i}.png,{['train', 'query', 'gallery'][i % 3]},{i % 4},")
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    config = _config(tmp_path, tmp_path / "run", "usl", **{"data.target": str(folder / "manifest.csv"),
+                                                          "memory.kind": "cluster", "memory.camera_aware": True})
+    with pytest.raises(ValueError, match="needs the camera of every target training image"):
+        Trainer(config, log=lambda _: None, progress=False)
+
+
 def test_cluster_memory_without_clusters_says_what_to_change(data_root: Path, tmp_path: Path) -> None:
     config = _config(data_root, tmp_path / "none", "usl", **{"memory.kind": "cluster", "pseudo.eps": 0.02,
                                                               "pseudo.eps_gap": 0.01, "pseudo.min_samples": 4})

@@ -102,6 +102,15 @@ class MemoryConfig:
     cluster_update: Literal["sample", "hard"] = "sample"
     """kind 'cluster': 'sample' = every batch sample pulls its slot in batch order; 'hard' = each slot
     of the batch is pulled once, by its batch sample least similar to it (Cluster Contrast's use_hard)."""
+    camera_aware: bool = False
+    """kind 'cluster': one proxy per (cluster, camera) with CAP's intra- and inter-camera terms, and
+    proxy-balanced sampling (``spcl.memory.camera``); needs the camera of every target image."""
+    negatives: int = 50
+    """camera_aware: the hardest other-cluster proxies of the inter-camera term (CAP: 50)."""
+    inter_camera_weight: float = 0.5
+    """camera_aware: weight of the inter-camera term (CAP: 0.5)."""
+    inter_camera_from: int = 5
+    """camera_aware: first epoch (counted from 0) with the inter-camera term (CAP: 5)."""
 
 
 @dataclass(frozen=True)
@@ -219,6 +228,11 @@ class Config:
              "0 (the whole batch) or at least 2 (BatchNorm needs two images)"),
             ("memory.temp", mem.temp, mem.temp > 0, "> 0"),
             ("memory.momentum", mem.momentum, 0.0 <= mem.momentum < 1.0, "in [0, 1)"),
+            ("memory.negatives", mem.negatives, mem.negatives >= 1, ">= 1"),
+            ("memory.inter_camera_weight", mem.inter_camera_weight, mem.inter_camera_weight >= 0, ">= 0"),
+            ("memory.inter_camera_from", mem.inter_camera_from, mem.inter_camera_from >= 0, ">= 0 (an epoch)"),
+            ("memory.camera_aware", mem.camera_aware, not mem.camera_aware or mem.kind == "cluster",
+             "false with memory.kind hybrid (camera-aware proxies split the clusters of the cluster memory)"),
             ("pseudo.eps", p.eps, 0.0 < p.eps < 1.0, "in (0, 1): a Jaccard distance"),
             ("pseudo.eps_gap", p.eps_gap, p.eps_gap >= 0, ">= 0"),
             ("pseudo.eps +- pseudo.eps_gap", f"{p.eps} +- {p.eps_gap}", 0.0 < p.eps - p.eps_gap and p.eps + p.eps_gap < 1.0,

@@ -52,6 +52,15 @@ class SlotMemory(nn.Module):
         """The source class centroids (a view: num_source_classes x d)."""
         return self.features[: self.num_source_classes]
 
+    @property
+    def target_labels(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def sampling_labels(self) -> torch.Tensor:
+        """The target samples' classes as the identity sampler draws them (-1: not drawn)."""
+        return self.target_labels
+
     def source_slots(self, class_ids: ArrayLike) -> torch.Tensor:
         """Memory slots of source samples with these class ids."""
         return torch.as_tensor(class_ids, dtype=torch.long, device=self.features.device)

@@ -35,13 +35,13 @@ import numpy as np
 import torch
 
 from spcl.config import Config
-from spcl.data import Dataset, Item, load
+from spcl.data import Dataset, Item, camera_codes, load
 from spcl.data.image_dataset import AugmentedImages, without_unreadable
 from spcl.data.loader import TrainLoader
 from spcl.data.sampler import RandomMultipleGallerySampler
 from spcl.data.transforms import build_test_transform, build_train_transform
 from spcl.evaluation import evaluate_model, extract_features
-from spcl.memory import ClusterMemory, HybridMemory
+from spcl.memory import CameraAwareMemory, ClusterMemory, HybridMemory
 from spcl.models import require_backbone, use_domain
 from spcl.models.images_per_bn import batchnorm_buffers, set_bn_groups
 from spcl.training.checkpoint import (
@@ -214,8 +214,14 @@ class Trainer:
 
         self.num_source_classes = self.source.num_train_pids if self.source is not None else 0
         self.num_target = len(self.target.train) if self.train_target else 0
-        self.memory: HybridMemory | ClusterMemory
-        if c.memory.kind == "cluster":
+        self.memory: HybridMemory | ClusterMemory | CameraAwareMemory
+        if c.memory.camera_aware:
+            self.memory = CameraAwareMemory(
+                self.model.out_features, self._target_cameras(), temp=c.memory.temp, momentum=c.memory.momentum,
+                num_source_classes=self.num_source_classes, negatives=c.memory.negatives,
+                inter_weight=c.memory.inter_camera_weight,
+            ).to(self.device)
+        elif c.memory.kind == "cluster":
             self.memory = ClusterMemory(
                 self.model.out_features, self.num_source_classes, temp=c.memory.temp, momentum=c.memory.momentum,
                 hard=c.memory.cluster_update == "hard", num_source_classes=self.num_source_classes,
@@ -260,6 +266,18 @@ class Trainer:
             "source": self.source.fingerprint() if self.source is not None else "",
             "target": self.target.fingerprint(),
         }
+
+    def _target_cameras(self) -> np.ndarray:
+        """Camera codes of the target training images; camera-aware proxies need every one."""
+        cams = [cam for _, _, cam in self.target.train] if self.train_target else []
+        missing = sum(cam is None for cam in cams)
+        if missing:
+            raise ValueError(
+                f"memory.camera_aware needs the camera of every target training image, but {missing} of "
+                f"{len(cams)} images of {self.target.name} have none: give cameras (the camid column of a "
+                "manifest, _cN_ in Market-style names) or turn memory.camera_aware off"
+            )
+        return camera_codes(cams)
 
     def _check_processes(self) -> None:
         """Refuse a split over the processes that would change what a step computes."""
@@ -398,7 +416,7 @@ class Trainer:
                   "accelerator, --device cpu gives the search the machine's memory")
         labeler = self.labeler
         memory = self.memory
-        if isinstance(memory, ClusterMemory):
+        if isinstance(memory, (ClusterMemory, CameraAwareMemory)):
             # Cluster Contrast: this epoch's features from the current encoder (evaluation mode, target BNs)
             features = self._extract(self.target.train, -1, "target features")
         else:
@@ -412,7 +430,9 @@ class Trainer:
         if not self.dist.is_main:
             labeler.load_state_dict(state)  # e.g. the alpha fixed at the first epoch
         fault_point(f"labels:{self.epoch + 1}")
-        if isinstance(memory, ClusterMemory):
+        if isinstance(memory, (ClusterMemory, CameraAwareMemory)):
+            if isinstance(memory, CameraAwareMemory):
+                memory.inter_camera = self.epoch >= self.config.memory.inter_camera_from
             if not (labels.labels >= 0).any():
                 raise ValueError(
                     f"epoch {self.epoch + 1}: DBSCAN put every target image out of the clusters, so the cluster memory "
@@ -476,7 +496,12 @@ class Trainer:
         features = features.float()  # the memory, its update and the loss stay float32
         sizes = [len(s) for s in slots]
         # one pass over the memory for both domains: the mean over the source samples, the mean over the target ones
-        terms = dict(zip(("source", "target"), self.memory.loss_terms(features, torch.cat(slots))))
+        batch_slots = torch.cat(slots)
+        extra = {}
+        if isinstance(self.memory, CameraAwareMemory) and self.dist.enabled:
+            # CAP's per-camera means run over the global batch, whose slots every rank needs
+            extra["batch_slots"] = torch.cat(self.dist.gather_equal(batch_slots.to(features.device)))
+        terms = dict(zip(("source", "target"), self.memory.loss_terms(features, batch_slots, **extra)))
         parts = [terms[domain] for domain in self._loaders]
         loss = sum(parts)
         # the global batch's losses (equal slices: the mean of the ranks' means), the same on every rank
@@ -515,7 +540,8 @@ class Trainer:
             source_pids = np.array([p for _, p, _ in self.source.train])
             loaders["source"] = self._loader("source", self.source.train, source_pids, RngStream.SOURCE_SAMPLER)
         if self.train_target:
-            loaders["target"] = self._loader("target", self.target.train, self.target_labels, RngStream.TARGET_SAMPLER)
+            sampled = self.memory.sampling_labels.cpu().numpy()  # camera-aware proxies: the proxies, not the clusters
+            loaders["target"] = self._loader("target", self.target.train, sampled, RngStream.TARGET_SAMPLER)
         for domain, state in self._resume_loaders.items():
             loaders[domain].load_state_dict(state)
         self._resume_loaders = {}
