@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--ablations", action="store_true", help="also run the paper's ablations")
     p.add_argument("--methods", action="store_true",
-                   help="also run SpCL without a source and Cluster Contrast's memory (UDA, USL, hard update)")
+                   help="also run SpCL without a source, Cluster Contrast's memory and camera-aware proxies (UDA, USL)")
     p.add_argument("--epochs", type=int, default=None, help="override the demo's number of epochs")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_demo)

@@ -31,13 +31,16 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "SpCL w/o source data (USL)": ("usl", {}),
     "oracle (target labels)": ("oracle", {}),
 }
-# Cluster Contrast's memory with its scripts' momentum; everything else is the demo's setting
+# Cluster Contrast's memory with its scripts' momentum, camera-aware proxies with CAP's temperature
+# and momentum; everything else is the demo's setting
 _CLUSTER = {"memory.kind": "cluster", "memory.momentum": 0.1}
+_CAP = {"memory.kind": "cluster", "memory.camera_aware": True, "memory.temp": 0.07, "memory.momentum": 0.2}
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "SpCL (USL)": ("usl", {}),
     "Cluster Contrast (UDA)": ("uda", _CLUSTER),
     "Cluster Contrast (USL)": ("usl", _CLUSTER),
-    "Cluster Contrast, hard update (USL)": ("usl", {**_CLUSTER, "memory.cluster_update": "hard"}),
+    "camera-aware proxies (UDA)": ("uda", _CAP),
+    "camera-aware proxies (USL)": ("usl", _CAP),
 }
 
 

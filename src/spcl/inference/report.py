@@ -194,6 +194,9 @@ def _memory_embedding(run: Path, config: dict[str, Any], out: Path, max_points: 
     if "assignment" in memory:
         # a cluster memory holds one feature per cluster: the instances are extracted from the images
         labels = memory["assignment"].numpy()
+        if "proxy_cluster" in memory:  # camera-aware proxies: colour by cluster, not by proxy
+            clusters = memory["proxy_cluster"].numpy()
+            labels = np.where(labels >= 0, clusters[np.clip(labels - source, 0, None)] if len(clusters) else -1, -1)
         chosen = np.sort(rng.choice(len(labels), min(max_points, len(labels)), replace=False))
         x, total, where = _target_features(checkpoint, config, chosen)
         if x is None:
@@ -314,6 +317,8 @@ def _clusters_caption(m: dict[str, np.ndarray], config: dict[str, Any]) -> str:
 
 def _method(config: dict[str, Any]) -> str:
     memory = config.get("memory", {})
+    if memory.get("kind") == "cluster" and memory.get("camera_aware"):
+        return "camera-aware proxies (CAP: one proxy per cluster and camera)"
     if memory.get("kind") == "cluster":
         return f"Cluster Contrast (cluster memory, {memory.get('cluster_update', 'sample')} update)"
     return "SpCL (hybrid memory)" if config.get("mode") in ("uda", "usl") else "hybrid memory"
