@@ -324,21 +324,27 @@ def test_data_that_cannot_teach_much_is_warned_about(data_root: Path, tmp_path: 
     assert any("fewer than a batch (64)" in line for line in said)
 
 
+def _three_epochs_and_a_resume(data_root: Path, tmp_path: Path, mode: str, extra: dict, buffers: tuple[str, ...]) -> Trainer:
+    """Three epochs in one go, and two epochs then a resumed third: the same weights, memory and losses."""
+    full = _run(_config(data_root, tmp_path / "full", mode, **{**extra, "optim.epochs": 3}))
+    _run(_config(data_root, tmp_path / "split", mode, **{**extra, "optim.epochs": 2}))
+    resumed = _run(_config(data_root, tmp_path / "split", mode, **{**extra, "optim.epochs": 3}))
+    a, b = load_checkpoint(tmp_path / "full" / "last.pth"), load_checkpoint(tmp_path / "split" / "last.pth")
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    for key in buffers:
+        assert torch.equal(a["memory"][key], b["memory"][key]), key
+    assert [e.loss for e in full.history] == [e.loss for e in resumed.history]
+    return full
+
+
 @pytest.mark.parametrize("mode,update", [("usl", "sample"), ("uda", "hard")])
 def test_cluster_memory_trains_one_slot_per_cluster_and_resumes_bit_identical(
     data_root: Path, tmp_path: Path, mode: str, update: str
 ) -> None:
     extra = {"memory.kind": "cluster", "memory.cluster_update": update, "memory.momentum": 0.1, "eval.every": 0,
              "optim.epochs": 3}
-    full = _run(_config(data_root, tmp_path / "full", mode, **extra))
-    _run(_config(data_root, tmp_path / "split", mode, **{**extra, "optim.epochs": 2}))
-    resumed = _run(_config(data_root, tmp_path / "split", mode, **extra))
-    a, b = load_checkpoint(tmp_path / "full" / "last.pth"), load_checkpoint(tmp_path / "split" / "last.pth")
-    for key in a["state_dict"]:
-        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
-    assert torch.equal(a["memory"]["features"], b["memory"]["features"])
-    assert torch.equal(a["memory"]["assignment"], b["memory"]["assignment"])
-    assert [e.loss for e in full.history] == [e.loss for e in resumed.history]
+    full = _three_epochs_and_a_resume(data_root, tmp_path, mode, extra, ("features", "assignment"))
     memory, labels = full.memory, full.target_labels
     assert memory.kind == "cluster" and memory.hard == (update == "hard")
     assert all(np.isfinite(e.loss) for e in full.history)
@@ -356,15 +362,8 @@ def test_cluster_memory_trains_one_slot_per_cluster_and_resumes_bit_identical(
 def test_camera_aware_proxies_train_and_resume_bit_identical(data_root: Path, tmp_path: Path, mode: str) -> None:
     extra = {"memory.kind": "cluster", "memory.camera_aware": True, "memory.temp": 0.07, "memory.inter_camera_from": 1,
              "memory.negatives": 5, "eval.every": 0, "optim.epochs": 3}
-    full = _run(_config(data_root, tmp_path / "full", mode, **extra))
-    _run(_config(data_root, tmp_path / "split", mode, **{**extra, "optim.epochs": 2}))
-    resumed = _run(_config(data_root, tmp_path / "split", mode, **extra))
-    a, b = load_checkpoint(tmp_path / "full" / "last.pth"), load_checkpoint(tmp_path / "split" / "last.pth")
-    for key in a["state_dict"]:
-        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
-    for key in ("features", "assignment", "proxy_cluster", "proxy_camera"):
-        assert torch.equal(a["memory"][key], b["memory"][key]), key
-    assert [e.loss for e in full.history] == [e.loss for e in resumed.history]
+    full = _three_epochs_and_a_resume(data_root, tmp_path, mode, extra,
+                                      ("features", "assignment", "proxy_cluster", "proxy_camera"))
     memory = full.memory
     assert memory.kind == "camera" and memory.inter_camera  # on from the second epoch
     assert all(np.isfinite(e.loss) for e in full.history)

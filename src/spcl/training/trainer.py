@@ -1,10 +1,11 @@
-"""The one SpCL trainer (SPEC sections 3-7): UDA with a source, USL without, plus the source-only and
-oracle baselines, all through the hybrid memory.
+"""The one trainer (SPEC sections 3-7): UDA with a source, USL without, plus the source-only and
+oracle baselines, through the memory ``memory.kind`` names (``spcl.memory``).
 
-Memory slots: one per source class (when a source is used), then one per target training image (when
-the target is trained on).  Per epoch the target slots get labels (``spcl.training.labels``): pseudo
-labels with the self-paced criterion (uda, usl), or the true identities (oracle).  A source-only run
-has no target slots.
+Memory slots: one per source class (when a source is used), then the target's: with the hybrid
+memory (SpCL) one per target training image, whose labels come each epoch from pseudo labels with
+the self-paced criterion (uda, usl) or the true identities (oracle); with the cluster memory
+(Cluster Contrast) one per cluster of the epoch's freshly extracted features, or one per (cluster,
+camera) with camera-aware proxies. A source-only run has no target slots.
 
 ``fit`` is the loop of SPEC section 7; what happens around the training (checkpoint, evaluate,
 log, signals) is done by hooks (``spcl.training.hooks``), and every stage is a method a subclass
