@@ -113,6 +113,39 @@ class SlotMemory(nn.Module):
     def loss_terms(self, features: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def _epoch_labels(self, features: torch.Tensor, labels: ArrayLike) -> torch.Tensor:
+        """Check what ``set_clusters`` gets (num_target features and cluster labels, -1 = out of
+        training, at least one clustered sample) and return the labels as a tensor."""
+        num_target = self.assignment.shape[0]
+        self._check_rows(features, num_target, "set_clusters")
+        labels = torch.as_tensor(labels, dtype=torch.long, device=self.features.device)
+        if labels.shape != (num_target,):
+            raise ValueError(f"expected {num_target} target labels, got shape {tuple(labels.shape)}")
+        if (labels < -1).any():
+            raise ValueError("cluster labels must be >= -1 (-1: out of training)")
+        if not bool((labels >= 0).any()):
+            raise ValueError("no target sample belongs to a cluster: nothing to train the target on")
+        return labels
+
+    def _check_slots(self, slots: torch.Tensor) -> None:
+        """Every sample of a loss needs a slot: the cluster memories give outliers none (-1)."""
+        if (slots < 0).any() or (slots >= self.num_slots).any():
+            raise ValueError(
+                f"loss() got samples without a memory slot (slot -1: an outlier, or >= {self.num_slots}); "
+                "outliers must not be sampled"
+            )
+
+    def _take_sizes(self, state_dict: dict[str, Any], prefix: str, names: tuple[str, ...]) -> None:
+        """Give the named buffers the sizes a checkpoint holds (the epoch's number of clusters or
+        proxies) before ``load_state_dict`` copies into them; a mismatched feature width is left
+        for it to report."""
+        for name in names:
+            value = state_dict.get(prefix + name)
+            current = getattr(self, name)
+            if isinstance(value, torch.Tensor) and value.dim() == current.dim():
+                if name != "features" or value.shape[1] == self.num_features:
+                    setattr(self, name, current.new_zeros(value.shape))
+
     def _check_rows(self, features: torch.Tensor, rows: int, where: str) -> None:
         if features.dim() != 2 or features.shape != (rows, self.num_features):
             raise ValueError(

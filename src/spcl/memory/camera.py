@@ -119,13 +119,8 @@ class CameraAwareMemory(SlotMemory):
         """The epoch's proxies from the target training features (num_target x d) and their cluster
         labels (-1: outlier): one proxy per (cluster, camera), ordered by cluster then camera, each
         the normalised mean of its images."""
-        self._check_rows(features, self.num_target, "set_clusters")
-        labels = torch.as_tensor(labels, dtype=torch.long, device=self.features.device)
-        if labels.shape != (self.num_target,):
-            raise ValueError(f"expected {self.num_target} target labels, got shape {tuple(labels.shape)}")
+        labels = self._epoch_labels(features, labels)
         member = labels >= 0
-        if not bool(member.any()):
-            raise ValueError("no target sample belongs to a cluster: nothing to train the target on")
         _, cluster = torch.unique(labels[member], return_inverse=True)
         cameras = self.target_cameras[member]
         span = int(cameras.max()) + 1
@@ -153,11 +148,7 @@ class CameraAwareMemory(SlotMemory):
         self._check_rows(features, slots.shape[0], "loss")
         slots = slots.to(self.features.device)
         batch_slots = slots if batch_slots is None else batch_slots.to(self.features.device)
-        if (slots < 0).any() or (slots >= self.num_slots).any():
-            raise ValueError(
-                f"loss() got samples without a memory slot (slot -1: an outlier, or >= {self.num_slots}); "
-                "outliers must not be sampled"
-            )
+        self._check_slots(slots)
         s = self.num_source_classes
         logits = features.to(self.features.dtype) @ self.features.T / self.temp
         is_source = slots < s
@@ -202,11 +193,7 @@ class CameraAwareMemory(SlotMemory):
     # ------------------------------------------------------------------------------ plumbing
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # the epoch's number of proxies is the checkpoint's: take its sizes before loading
-        for name in ("features", "proxy_cluster", "proxy_camera"):
-            value = state_dict.get(prefix + name)
-            if isinstance(value, torch.Tensor) and value.dim() == getattr(self, name).dim():
-                if name != "features" or value.shape[1] == self.num_features:
-                    setattr(self, name, getattr(self, name).new_zeros(value.shape))
+        self._take_sizes(state_dict, prefix, ("features", "proxy_cluster", "proxy_camera"))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def get_extra_state(self) -> dict[str, Any]:

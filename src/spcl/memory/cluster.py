@@ -95,16 +95,9 @@ class ClusterMemory(SlotMemory):
         """The epoch's target slots from the target training features (num_target x d) and their
         cluster labels (-1: outlier, out of training): one slot per cluster, the normalised mean of
         its members. Cluster ids need not be consecutive; slots follow their sorted order."""
-        self._check_rows(features, self.num_target, "set_clusters")
-        labels = torch.as_tensor(labels, dtype=torch.long, device=self.features.device)
-        if labels.shape != (self.num_target,):
-            raise ValueError(f"expected {self.num_target} target labels, got shape {tuple(labels.shape)}")
-        if (labels < -1).any():
-            raise ValueError("cluster labels must be >= -1 (-1: out of training)")
+        labels = self._epoch_labels(features, labels)
         member = labels >= 0
         ids, compact = torch.unique(labels[member], return_inverse=True)
-        if ids.numel() == 0:
-            raise ValueError("no target sample belongs to a cluster: nothing to train the target on")
         sums = self.features.new_zeros(ids.numel(), self.num_features)
         sums.index_add_(0, compact, features.to(self.features)[member])
         centroids = F.normalize(sums, dim=1)  # the mean's direction: normalising the sum is the same
@@ -120,11 +113,7 @@ class ClusterMemory(SlotMemory):
         when the batch has no such sample (SPEC section 3's two terms)."""
         self._check_rows(features, slots.shape[0], "loss")
         slots = slots.to(self.features.device)
-        if (slots < 0).any() or (slots >= self.num_slots).any():
-            raise ValueError(
-                f"loss() got samples without a memory slot (slot -1: an outlier, or >= {self.num_slots}); "
-                "outliers must not be sampled"
-            )
+        self._check_slots(slots)
         logits = features.to(self.features.dtype) @ self.features.T / self.temp
         nll = F.cross_entropy(logits, slots, reduction="none")
         return self.split_means(nll, slots, self.num_source_classes)
@@ -156,9 +145,7 @@ class ClusterMemory(SlotMemory):
     # ------------------------------------------------------------------------------ plumbing
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # the epoch's number of clusters is the checkpoint's: take its size before loading
-        key = prefix + "features"
-        if key in state_dict and state_dict[key].dim() == 2 and state_dict[key].shape[1] == self.num_features:
-            self.features = self.features.new_zeros(state_dict[key].shape)
+        self._take_sizes(state_dict, prefix, ("features",))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
