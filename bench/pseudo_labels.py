@@ -10,6 +10,13 @@ tests/test_pseudo_labels.py and ours on the same features: the time ratio and la
 
     python bench/pseudo_labels.py                       # full run (minutes)
     python bench/pseudo_labels.py --sizes 2000 --dense-size 800 --dim 256   # smoke run
+    python bench/pseudo_labels.py --large        # 10^5 exact + approximate, 10^6 approximate (~30 min)
+    python bench/pseudo_labels.py --large --large-sizes 20000 --exact-max 20000 --dim 256   # smoke run
+
+``--large`` draws float16 features of the same structure and, per (N, search), reports the time of
+each stage, the process's peak resident memory and, where the exact search also ran, the
+approximate partition's agreement with the exact one (adjusted Rand index, share of identical
+clusters) and the recall of its neighbour lists.
 
 Timings on a shared machine are noisy: the kNN floor is measured in the same process.
 """
@@ -63,6 +70,51 @@ def identity_features(n: int, dim: int = 2048, mean_size: float = 17.0, singleto
     out /= np.linalg.norm(out, axis=1, keepdims=True)
     perm = rng.permutation(n)
     return out[perm], ids[perm]
+
+
+def identity_features_half(n: int, dim: int = 2048, mean_size: float = 31.0, singletons: float = 0.15, seed: int = 0):
+    """``identity_features`` for targets of 10^5-10^6: the same identity structure (log-normal sizes,
+    look-alike families, camera modes, spread, singletons), drawn with torch and written straight
+    into a shuffled float16 matrix, one identity at a time (no float32 copy of the whole: 4 GiB at
+    10^6 x 2048 instead of 16 for draw + shuffle)."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    num_single = int(round(singletons * n))
+    sizes, left = [], n - num_single
+    while left > 0:
+        size = int(np.clip(round(rng.lognormal(np.log(mean_size) - 0.32, 0.8)), 2, 200))
+        size = left if left - size < 2 else size
+        sizes.append(size)
+        left -= size
+    num_groups = max(1, len(sizes) // 8)
+    scale = 1.0 / np.sqrt(dim)
+
+    def unit(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen) * scale
+
+    groups = unit(num_groups, dim)
+    out = torch.empty((n, dim), dtype=torch.float16)
+    ids = np.empty(n, dtype=np.int64)
+    perm = torch.from_numpy(rng.permutation(n))
+    pos = 0
+    for identity, size in enumerate(sizes):
+        center = groups[int(rng.integers(num_groups))] + unit(dim)
+        cameras = unit(int(rng.integers(2, 7)), dim) * 0.7
+        spread = float(rng.uniform(0.8, 1.6))
+        block = center + cameras[torch.from_numpy(rng.integers(len(cameras), size=size))] + spread * unit(size, dim)
+        rows = perm[pos : pos + size]
+        out[rows] = (block / torch.linalg.vector_norm(block, dim=1, keepdim=True)).half()
+        ids[rows.numpy()] = identity
+        pos += size
+    for a in range(pos, n, 65536):
+        b = min(n, a + 65536)
+        block = groups[torch.from_numpy(rng.integers(num_groups, size=b - a))] + 1.5 * unit(b - a, dim)
+        rows = perm[a:b]
+        out[rows] = (block / torch.linalg.vector_norm(block, dim=1, keepdim=True)).half()
+        ids[rows.numpy()] = len(sizes) + np.arange(a - pos, b - pos)
+    return out, ids
 
 
 class PeakMemory:
@@ -166,10 +218,148 @@ def worker_dense(n: int, dim: int, mean_size: float, seed: int) -> dict:
     }
 
 
-def run_worker(kind: str, n: int, args: argparse.Namespace) -> dict:
+def worker_large(n: int, dim: int, seed: int, search: str, probe: int, out_dir: str) -> dict:
+    """One search at 10^5-10^6 features, stage by stage, with the labels (and neighbour lists up to
+    10^5) saved for the comparison with the exact search."""
+    import torch
+
+    from spcl.neighbors import CellSearch, as_unit_features, cell_search, symmetric_search, unit_features_half
+    from spcl.pseudo_labels import labels_from_jaccard
+    from spcl.pseudo_labels.jaccard import jaccard_from_neighbors
+
+    baseline = PeakMemory.rss()
+    stages = {}
+    with PeakMemory() as m:
+        features, truth = identity_features_half(n, dim, mean_size_for(n), seed=seed)
+    stages["synthetic features (float16)"] = m
+    with PeakMemory() as m:
+        if search == "exact":
+            unit = as_unit_features(features)  # float32, as generate(neighbors="exact") holds it
+            del features
+            ranks, similarities, _ = symmetric_search(unit, 30)
+            similarities = None
+        else:
+            unit = unit_features_half(features)
+            del features
+            ranks, similarities = cell_search(unit, 30, CellSearch(probe=probe), show_progress=True)
+    stages[f"{search} kNN (k1 = 30)"] = m
+    with PeakMemory() as m:
+        distances = jaccard_from_neighbors(unit, ranks, 30, 6, similarities)
+        del unit, similarities
+    stages["sparse Jaccard (k-reciprocal, k2 = 6)"] = m
+    nnz = distances.nnz
+    with PeakMemory() as m:
+        result = labels_from_jaccard(distances)
+    stages["DBSCAN x3 + reliability"] = m
+    from spcl.data.sampler import RandomMultipleGallerySampler
+
+    with PeakMemory() as m:
+        cameras = np.arange(n) % 6
+        sampler = RandomMultipleGallerySampler(result.labels, cameras, num_instances=4, seed=0)
+        drawn = sum(1 for _ in sampler)
+    stages["identity sampler: build + one pass"] = m
+    from sklearn.metrics import adjusted_rand_score
+
+    out = Path(out_dir)
+    np.save(out / f"labels_{search}_{n}.npy", result.labels)
+    np.save(out / f"dbscan_{search}_{n}.npy", result.dbscan_labels)
+    if n <= 200_000:
+        np.save(out / f"ranks_{search}_{n}.npy", ranks)
+    return {
+        "n": n, "dim": dim, "search": search, "threads": torch.get_num_threads(),
+        "baseline_rss": baseline,
+        "stages": {name: [s.seconds, s.peak] for name, s in stages.items()},
+        "max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "nnz_per_row": nnz / n,
+        "summary": result.summary(),
+        "num_clusters": result.num_clusters,
+        "sampled": drawn,
+        "ari_truth": adjusted_rand_score(truth, result.labels),
+    }
+
+
+def worker_memory(n: int, dim: int, seed: int) -> dict:
+    """One training step's memory work at N target instances in float16: loss, backward, update."""
+    import torch
+
+    from spcl.memory import HybridMemory
+
+    gen = torch.Generator().manual_seed(seed)
+    baseline = PeakMemory.rss()
+    with PeakMemory() as build:
+        memory = HybridMemory(dim, n, dtype=torch.float16)
+        for a in range(0, n, 65536):
+            b = min(n, a + 65536)
+            block = torch.randn(b - a, dim, generator=gen)
+            memory.features[a:b] = (block / block.norm(dim=1, keepdim=True)).half()
+        labels = np.arange(n)
+        labels[: n // 2] = np.arange(n // 2) // 20  # half the targets in clusters of 20, half un-clustered
+        memory.set_pseudo_labels(np.unique(labels, return_inverse=True)[1])
+    steps = []
+    for _ in range(3):
+        slots = torch.randint(0, n, (64,), generator=gen)
+        x = torch.nn.functional.normalize(torch.randn(64, dim, generator=gen), dim=1).requires_grad_(True)
+        with PeakMemory() as step:
+            loss = memory.loss(x, slots)
+            loss.backward()
+            memory.update(x.detach(), slots)
+        steps.append(step)
+    return {"n": n, "dim": dim, "bytes": memory.features.numel() * 2, "build": build.seconds,
+            "step": float(np.median([s.seconds for s in steps])), "peak": max(s.peak for s in steps),
+            "baseline": baseline, "threads": torch.get_num_threads()}
+
+
+def same_clusters(reference: np.ndarray, other: np.ndarray) -> float:
+    """Share of the reference's multi-member clusters found with exactly the same members in ``other``."""
+    def groups(labels: np.ndarray) -> set[tuple[int, ...]]:
+        order = np.argsort(labels, kind="stable")
+        cuts = np.flatnonzero(np.diff(labels[order])) + 1
+        return {tuple(g) for g in np.split(order, cuts) if len(g) > 1}
+
+    ref = groups(reference)
+    return len(ref & groups(other)) / max(1, len(ref))
+
+
+def main_large(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from sklearn.metrics import adjusted_rand_score
+
+    print(f"# Pseudo-labelling at 10^5-10^6 ({os.cpu_count()} CPUs, torch threads: {args.threads or 'default'}, "
+          f"load average {os.getloadavg()[0]:.1f} at start; {args.dim}-d synthetic identity features, k1 = 30, "
+          f"approximate search with probe {args.probe})\n")
+    print("| N | search | features | kNN | Jaccard | DBSCAN x3 + reliability | labels total | process peak (GiB) "
+          "| clusters | ARI vs exact | identical clusters | kNN recall | ARI vs true ids | sampler (build + pass) |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.large_sizes:
+            searches = (["exact"] if n <= args.exact_max else []) + ["approximate"]
+            for search in searches:
+                r = run_worker("large", n, args, ["--search", search, "--out", tmp])
+                times = [v[0] for v in r["stages"].values()]
+                compare = ["-", "-", "-"]
+                if search == "approximate" and "exact" in searches:
+                    exact = np.load(Path(tmp) / f"labels_exact_{n}.npy")
+                    ours = np.load(Path(tmp) / f"labels_approximate_{n}.npy")
+                    ranks_e = np.load(Path(tmp) / f"ranks_exact_{n}.npy")
+                    ranks_a = np.load(Path(tmp) / f"ranks_approximate_{n}.npy")
+                    hits = (np.sort(ranks_e, axis=1)[:, :, None] == np.sort(ranks_a, axis=1)[:, None, :]).any(2)
+                    compare = [f"{adjusted_rand_score(exact, ours):.4f}", f"{same_clusters(exact, ours):.3f}",
+                               f"{hits.mean():.4f}"]
+                print(f"| {n:,} | {search} | {times[0]:.0f} s | {times[1]:.0f} s | {times[2]:.0f} s | {times[3]:.0f} s "
+                      f"| {sum(times[1:4]) / 60:.1f} min | {gib(r['max_rss'])} | {r['num_clusters']:,} | {compare[0]} "
+                      f"| {compare[1]} | {compare[2]} | {r['ari_truth']:.3f} | {times[4]:.1f} s |", flush=True)
+    n = max(args.large_sizes)
+    r = run_worker("memory", n, args)
+    print(f"\nHybrid memory of {n:,} target instances in float16 ({gib(r['bytes'])} GiB of slots, float32 "
+          f"arithmetic): one batch of 64 (loss, backward, momentum update) {r['step']:.2f} s on {r['threads']} "
+          f"threads, process peak {gib(r['peak'])} GiB.")
+
+
+def run_worker(kind: str, n: int, args: argparse.Namespace, extra: list[str] | None = None) -> dict:
     command = [sys.executable, __file__, "--worker", kind, "--n", str(n), "--dim", str(args.dim), "--seed", str(args.seed),
-               "--threads", str(args.threads)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+               "--threads", str(args.threads), "--probe", str(args.probe), *(extra or [])]
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)  # progress on stderr
     if done.returncode != 0:
         raise RuntimeError(f"worker {kind} N={n} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -191,10 +381,28 @@ def main() -> None:
     parser.add_argument("--dense-size", type=int, default=4000, help="N for the dense comparison (0 skips it)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--worker", choices=["size", "dense"], help=argparse.SUPPRESS)
+    parser.add_argument("--large", action="store_true",
+                        help="the 10^5-10^6 table: exact and approximate search, time, peak memory, agreement")
+    parser.add_argument("--large-sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--exact-max", type=int, default=100_000, help="largest N searched exactly in --large")
+    parser.add_argument("--probe", type=int, default=16, help="cells each cell is compared with (approximate)")
+    parser.add_argument("--worker", choices=["size", "dense", "large", "memory"], help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--search", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    if args.worker == "large":
+        set_threads(args.threads)
+        print(json.dumps(worker_large(args.n, args.dim, args.seed, args.search, args.probe, args.out)))
+        return
+    if args.worker == "memory":
+        set_threads(args.threads)
+        print(json.dumps(worker_memory(args.n, args.dim, args.seed)))
+        return
+    if args.large:
+        main_large(args)
+        return
     if args.worker:
         set_threads(args.threads)
         fn = worker_size if args.worker == "size" else worker_dense

@@ -69,3 +69,14 @@ def test_camera_aware_proxies_belong_to_the_cluster_memory() -> None:
     with pytest.raises(ConfigError, match="memory.camera_aware must be false with memory.kind hybrid"):
         load_config(overrides={"mode": "usl", "memory.camera_aware": True})
     assert load_config(overrides={"mode": "usl", "memory.kind": "cluster", "memory.camera_aware": True}).memory.camera_aware
+
+
+def test_large_target_settings() -> None:
+    with pytest.raises(ConfigError, match="memory.precision must be float32 with memory.kind cluster"):
+        load_config(overrides={"mode": "usl", "memory.kind": "cluster", "memory.precision": "float16"})
+    with pytest.raises(ConfigError, match="pseudo.neighbors"):
+        load_config(overrides={"mode": "usl", "pseudo.neighbors": "fast"})
+    with pytest.raises(ConfigError, match="pseudo.approx_probe"):
+        load_config(overrides={"mode": "usl", "pseudo.approx_probe": 0})
+    c = load_config(overrides={"mode": "usl", "memory.precision": "bfloat16", "pseudo.neighbors": "approximate"})
+    assert (c.memory.precision, c.pseudo.neighbors, c.pseudo.exact_up_to) == ("bfloat16", "approximate", 100_000)

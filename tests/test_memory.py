@@ -237,3 +237,55 @@ def test_loss_terms_are_the_two_means() -> None:
     torch.testing.assert_close(source, memory.loss(feats[:2], slots[:2]))
     torch.testing.assert_close(target, memory.loss(feats[2:], slots[2:]))
     torch.testing.assert_close(source + target, memory.loss(feats, slots))
+
+
+# ----------------------------------------------------------------- slots in a lower precision
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("num_source", [NUM_SOURCE, 0])
+def test_low_precision_slots_compute_in_float32(monkeypatch, dtype, num_source) -> None:
+    """The loss and its gradient of slots stored in float16 / bfloat16 are the float64 reference's
+    on the rounded slots, across blocks of slots (the blocked path is forced to small blocks)."""
+    monkeypatch.setattr("spcl.memory.hybrid._SLOT_BLOCK", 4)
+    g = torch.Generator().manual_seed(1)
+    memory = _memory(num_source, dtype=dtype)
+    assert memory.features.dtype == dtype
+    source_ids = [0, 0, 3, 4] if num_source else []
+    feats, slots = _batch(memory, g, source_ids, [0, 1, 3, 5, 9, 12, 12, 16, 17])
+    feats = feats.float()
+    x = feats.clone().requires_grad_(True)
+    loss = memory.loss(x, slots)
+    loss.backward()
+    x64 = feats.double().clone().requires_grad_(True)
+    ref = reference_loss(x64, slots.tolist(), memory.features.double().numpy(), num_source, PSEUDO)
+    ref.backward()
+    assert loss.dtype == torch.float32
+    assert math.isclose(loss.item(), ref.item(), rel_tol=1e-5, abs_tol=1e-5)
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_low_precision_update_rounds_once() -> None:
+    """A pull of float16 slots is the float64 loop on the stored values, rounded when stored."""
+    g = torch.Generator().manual_seed(5)
+    memory = _memory(dtype=torch.float16)
+    feats, slots = _batch(memory, g, [1, 3, 1], [2, 5, 2, 7])
+    feats = feats.float()
+    start = memory.features.double().numpy()
+    expected = _loop_update(start, feats.double().numpy(), slots.tolist(), 0.2)
+    memory.update(feats, slots)
+    np.testing.assert_allclose(memory.features.double().numpy(), expected, rtol=0, atol=2e-3)  # float16 ulp at 1
+    changed = sorted(set(slots.tolist()))
+    untouched = [s for s in range(memory.num_slots) if s not in changed]
+    np.testing.assert_array_equal(memory.features.double().numpy()[untouched], start[untouched])
+
+
+def test_low_precision_state_dict_and_bad_dtype() -> None:
+    memory = _memory(dtype=torch.float16)
+    buffer = io.BytesIO()
+    torch.save(memory.state_dict(), buffer)
+    buffer.seek(0)
+    other = HybridMemory(D, memory.num_slots, num_source_classes=NUM_SOURCE, dtype=torch.float16)
+    other.load_state_dict(torch.load(buffer, weights_only=True))
+    assert other.features.dtype == torch.float16 and torch.equal(other.features, memory.features)
+    assert "float16" in repr(memory)
+    with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
+        HybridMemory(D, 10, dtype=torch.int8)

@@ -358,6 +358,19 @@ def test_cluster_memory_trains_one_slot_per_cluster_and_resumes_bit_identical(
     assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
 
 
+def test_float16_memory_and_approximate_neighbours_train_and_resume_bit_identical(
+    data_root: Path, tmp_path: Path
+) -> None:
+    """The settings of a 10^6-image target on tiny data: slots in float16, the approximate search."""
+    pytest.importorskip("faiss")
+    extra = {"memory.precision": "float16", "pseudo.neighbors": "approximate", "pseudo.approx_probe": 2,
+             "eval.every": 0}
+    full = _three_epochs_and_a_resume(data_root, tmp_path, "uda", extra, ("features", "labels"))
+    assert full.memory.features.dtype == torch.float16
+    assert all(np.isfinite(e.loss) for e in full.history)
+    assert full.history[-1].num_clusters > 0
+
+
 @pytest.mark.parametrize("mode", ["usl", "uda"])
 def test_camera_aware_proxies_train_and_resume_bit_identical(data_root: Path, tmp_path: Path, mode: str) -> None:
     extra = {"memory.kind": "cluster", "memory.camera_aware": True, "memory.temp": 0.07, "memory.inter_camera_from": 1,

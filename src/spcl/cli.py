@@ -251,7 +251,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(
         data_root=args.data_root, output=args.output, seeds=args.seeds, ablations=args.ablations,
-        device=args.device, epochs=args.epochs, methods=args.methods,
+        device=args.device, epochs=args.epochs, methods=args.methods, only=args.only,
     )
     return 0
 
@@ -280,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", action="store_true",
                    help="also run SpCL without a source, Cluster Contrast's memory and camera-aware proxies (UDA, USL)")
     p.add_argument("--epochs", type=int, default=None, help="override the demo's number of epochs")
+    p.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                   help="run only the rows whose name contains one of these strings (e.g. 'camera-aware')")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_demo)
 

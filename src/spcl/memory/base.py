@@ -29,8 +29,13 @@ class SlotMemory(nn.Module):
     features: torch.Tensor
     kind = ""
 
-    def __init__(self, num_features: int, num_slots: int, temp: float, momentum: float, num_source_classes: int) -> None:
+    def __init__(
+        self, num_features: int, num_slots: int, temp: float, momentum: float, num_source_classes: int,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         super().__init__()
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"memory slots are stored in float32, float16 or bfloat16, got {dtype}")
         if not 0 <= num_source_classes <= num_slots:
             raise ValueError(
                 f"need 0 <= num_source_classes <= num_slots, got {num_source_classes}, {num_slots}"
@@ -41,7 +46,7 @@ class SlotMemory(nn.Module):
         self.num_source_classes = num_source_classes
         self.temp = temp
         self.momentum = momentum
-        self.register_buffer("features", torch.zeros(num_slots, num_features))
+        self.register_buffer("features", torch.zeros(num_slots, num_features, dtype=dtype))
 
     @property
     def num_slots(self) -> int:
@@ -78,22 +83,24 @@ class SlotMemory(nn.Module):
         if (counts == 0).any():
             missing = torch.nonzero(counts == 0).flatten()[:5].tolist()
             raise ValueError(f"source classes without any image, e.g. {missing}")
-        sums = self.features.new_zeros(s, self.num_features)
-        sums.index_add_(0, class_ids, features.to(self.features))
-        self.features[:s] = F.normalize(sums / counts[:, None], dim=1)
+        sums = torch.zeros(s, self.num_features, dtype=torch.float32, device=self.features.device)
+        sums.index_add_(0, class_ids, features.to(sums))
+        self.features[:s] = F.normalize(sums / counts[:, None], dim=1).to(self.features.dtype)
 
     @torch.no_grad()
     def pull(self, features: torch.Tensor, slots: torch.Tensor) -> None:
         """Each row, in order, pulls its slot ``w = m*w + (1-m)*f`` and re-normalises it. A slot
         repeated in the batch is pulled once per occurrence, each pull starting from the previous
-        result (vectorised by occurrence rank: all first occurrences, then all second ones, ...)."""
+        result (vectorised by occurrence rank: all first occurrences, then all second ones, ...).
+        Slots stored in a lower precision are pulled in float32 and rounded once when stored."""
         rank = occurrence_rank(slots)
         m = self.momentum
+        features = features.float()
         for r in range(int(rank.max()) + 1 if rank.numel() else 0):
             chosen = rank == r
             rows = slots[chosen]
-            pulled = m * self.features[rows] + (1.0 - m) * features[chosen]
-            self.features[rows] = F.normalize(pulled, dim=1)
+            pulled = m * self.features[rows].float() + (1.0 - m) * features[chosen]
+            self.features[rows] = F.normalize(pulled, dim=1).to(self.features.dtype)
 
     @staticmethod
     def split_means(nll: torch.Tensor, slots: torch.Tensor, num_source_classes: int) -> tuple[torch.Tensor, torch.Tensor]:

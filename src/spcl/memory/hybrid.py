@@ -26,6 +26,38 @@ from spcl.memory.base import ArrayLike, SlotMemory
 
 __all__ = ["HybridMemory"]
 
+_SLOT_BLOCK = 65536  # slots converted to float32 at a time by the low-precision loss (512 MiB at d = 2048)
+
+
+class _BlockedClassLogits(torch.autograd.Function):
+    """logits[b, c] = mean over the slots s of class c of <f_b, w_s>, with w in a low precision.
+
+    Forward and backward each read the slots once, a block at a time in float32; autograd would
+    instead keep every converted block for the backward pass.
+    """
+
+    @staticmethod
+    def forward(ctx, features, slots, labels, counts, num_classes):  # type: ignore[override]
+        logits = features.new_zeros(features.shape[0], num_classes)
+        for a in range(0, slots.shape[0], _SLOT_BLOCK):
+            block_labels = labels[a : a + _SLOT_BLOCK]
+            member = block_labels >= 0
+            sims = features @ slots[a : a + _SLOT_BLOCK][member].float().T
+            logits.index_add_(1, block_labels[member], sims)
+        ctx.save_for_backward(slots, labels, counts)
+        return logits / counts.clamp(min=1)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        slots, labels, counts = ctx.saved_tensors
+        scaled = grad / counts.clamp(min=1)
+        grad_features = grad.new_zeros(grad.shape[0], slots.shape[1])
+        for a in range(0, slots.shape[0], _SLOT_BLOCK):
+            block_labels = labels[a : a + _SLOT_BLOCK]
+            member = block_labels >= 0
+            grad_features += scaled[:, block_labels[member]] @ slots[a : a + _SLOT_BLOCK][member].float()
+        return grad_features, None, None, None, None
+
 
 class HybridMemory(SlotMemory):
     """Source class centroids + target instance features, with the unified contrastive loss.
@@ -40,8 +72,11 @@ class HybridMemory(SlotMemory):
             class centroid in turn, in batch order; ``"mean"`` (paper wording): each source class of
             the batch is pulled once by the mean of its batch features.
         eps: the epsilon in ``log(p + eps)`` (reference: 1e-6).
+        dtype: how the slots are stored: float32 (default), or float16 / bfloat16 for memories of
+            10^6 instances (4 GiB instead of 8 at d = 2048); the loss and the update still compute
+            in float32, only the stored slots are rounded.
 
-    Buffers (saved by ``state_dict``): ``features`` (num_slots x d, float32), ``labels``
+    Buffers (saved by ``state_dict``): ``features`` (num_slots x d, ``dtype``), ``labels``
     (num_slots, int64). Before any pseudo labels every slot is its own class.
     """
 
@@ -58,10 +93,11 @@ class HybridMemory(SlotMemory):
         num_source_classes: int = 0,
         source_update: str = "sample",
         eps: float = 1e-6,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         if source_update not in ("sample", "mean"):
             raise ValueError(f"source_update must be 'sample' or 'mean', got {source_update!r}")
-        super().__init__(num_features, num_slots, temp, momentum, num_source_classes)
+        super().__init__(num_features, num_slots, temp, momentum, num_source_classes, dtype)
         self.source_update = source_update
         self.eps = eps
         self.register_buffer("labels", torch.arange(num_slots))
@@ -94,14 +130,15 @@ class HybridMemory(SlotMemory):
     def init_features(self, features: torch.Tensor) -> None:
         """Set every slot (num_slots x d), L2-normalised."""
         self._check_rows(features, self.num_slots, "init_features")
-        self.features.copy_(F.normalize(features.to(self.features), dim=1))
+        self.features.copy_(F.normalize(features.to(self.features.device, torch.float32), dim=1))
 
     @torch.no_grad()
     def init_target(self, features: torch.Tensor) -> None:
         """Set the target instance slots (num_target x d, sorted training-list order),
         L2-normalised."""
         self._check_rows(features, self.num_target, "init_target")
-        self.features[self.num_source_classes :] = F.normalize(features.to(self.features), dim=1)
+        unit = F.normalize(features.to(self.features.device, torch.float32), dim=1)
+        self.features[self.num_source_classes :] = unit.to(self.features.dtype)
 
     @torch.no_grad()
     def set_labels(self, labels: ArrayLike) -> None:
@@ -140,11 +177,27 @@ class HybridMemory(SlotMemory):
         if num_classes <= 0:
             raise ValueError("no memory slot belongs to a class (all labels are -1)")
         rows = torch.where(labels >= 0, labels, num_classes)  # row num_classes collects the -1s
-        sums = self.features.new_zeros(num_classes + 1, self.num_features)
-        sums.index_add_(0, rows, self.features)
+        sums = torch.zeros(num_classes + 1, self.num_features, dtype=torch.float32, device=self.features.device)
+        sums.index_add_(0, rows, self.features.float())
         counts = torch.bincount(rows, minlength=num_classes + 1)[:num_classes]
         means = sums[:num_classes].div_(counts.clamp(min=1)[:, None].to(sums.dtype))  # in place: slots x d is large
         return means, counts > 0
+
+    def _class_logits(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``features @ prototypes.T`` for slots held in a lower precision, without the prototypes.
+
+        The similarity to a class prototype is the mean of the similarities to its member slots, so
+        the logits are summed a block of slots at a time, each block converted to float32 on the
+        way: all arithmetic is float32, and neither the prototypes nor the slots exist in float32
+        (8 GiB at 10^6 x 2048). Linear in the number of slots, forward and backward.
+        """
+        labels = self.labels
+        num_classes = int(labels.max()) + 1
+        if num_classes <= 0:
+            raise ValueError("no memory slot belongs to a class (all labels are -1)")
+        counts = torch.bincount(labels[labels >= 0], minlength=num_classes)
+        logits = _BlockedClassLogits.apply(features, self.features, labels, counts.to(features.dtype), num_classes)
+        return logits, counts > 0
 
     def loss_terms(
         self, features: torch.Tensor, indexes: torch.Tensor
@@ -156,8 +209,12 @@ class HybridMemory(SlotMemory):
         targets = self.labels[indexes]
         if (targets < 0).any():
             raise ValueError("loss() got samples whose memory slot belongs to no class (label -1)")
-        prototypes, nonempty = self.prototypes()
-        logits = features.to(self.features.dtype) @ prototypes.T / self.temp
+        if self.features.dtype == torch.float32:
+            prototypes, nonempty = self.prototypes()
+            logits = features.to(self.features.dtype) @ prototypes.T / self.temp
+        else:
+            logits, nonempty = self._class_logits(features.float())
+            logits = logits / self.temp
         logits = logits.masked_fill(~nonempty, float("-inf"))
         log_p = logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1)
         nll = -torch.log(torch.exp(log_p) + self.eps)
@@ -172,7 +229,7 @@ class HybridMemory(SlotMemory):
         rank: all first occurrences, then all second ones, ...). With ``source_update="mean"``
         each source class of the batch is pulled once by the mean of its batch features."""
         self._check_rows(features, indexes.shape[0], "update")
-        features = features.detach().to(self.features)
+        features = features.detach().to(self.features.device, torch.float32)
         indexes = indexes.to(self.labels.device)
         if self.source_update == "mean":
             features, indexes = self._merge_source(features, indexes)
@@ -194,6 +251,6 @@ class HybridMemory(SlotMemory):
         return (
             f"num_features={self.num_features}, num_slots={self.num_slots}, "
             f"num_source_classes={self.num_source_classes}, temp={self.temp}, "
-            f"momentum={self.momentum}, source_update={self.source_update!r}"
+            f"momentum={self.momentum}, source_update={self.source_update!r}, dtype={self.features.dtype}"
         )
 

@@ -2,12 +2,13 @@
 
 The neutral home of what the pseudo labels (``spcl.pseudo_labels``) and the evaluation's
 re-ranking (``spcl.evaluation.re_rank``) share: exact tiled k-nearest-neighbour search of
-L2-normalised features (faiss optional), and the sparse k-reciprocal sets, their softmax
+L2-normalised features (faiss optional), the approximate inverted-file search for large targets, and the sparse k-reciprocal sets, their softmax
 encoding, the local query expansion and the sums of minima behind the Jaccard distance.
 """
 
 from __future__ import annotations
 
+from spcl.neighbors.approximate import CellSearch, cell_search, default_cells, unit_features_half
 from spcl.neighbors.kreciprocal import (
     cross_min_overlap_blocks,
     encoding_weights,
@@ -26,6 +27,10 @@ from spcl.neighbors.search import (
 )
 
 __all__ = [
+    "CellSearch",
+    "cell_search",
+    "default_cells",
+    "unit_features_half",
     "as_unit_features",
     "canonical_order",
     "cross_min_overlap_blocks",

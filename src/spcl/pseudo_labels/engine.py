@@ -1,6 +1,6 @@
 """One call per epoch: features in, self-paced pseudo labels out (SPEC section 6).
 
-``generate`` chains the stages (exact kNN, sparse k-reciprocal Jaccard distance, DBSCAN at three
+``generate`` chains the stages (kNN search, sparse k-reciprocal Jaccard distance, DBSCAN at three
 radii, reliability criterion, re-indexing) and returns a small immutable result;
 ``labels_from_jaccard`` runs the last three on a distance computed elsewhere. It is a pure
 function of the features and the settings, so the same features give the same labels on
@@ -11,6 +11,7 @@ multi-member cluster; the trainer passes it back on later epochs.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -19,13 +20,17 @@ import scipy.sparse as sp
 import torch
 
 from spcl.config import PseudoLabelConfig
+from spcl.neighbors.approximate import CellSearch, cell_search, unit_features_half
 from spcl.neighbors.search import CANDIDATE_SLOTS, as_unit_features, search_unit
 from spcl.pseudo_labels.clustering import check_radii, cluster_three_radii
 from spcl.pseudo_labels.jaccard import jaccard_from_neighbors
 from spcl.pseudo_labels.reliability import cluster_reliability, independence_threshold, self_paced_labels
 from spcl.utils import check_memory
 
-__all__ = ["PseudoLabels", "generate", "generate_with", "labels_from_jaccard"]
+__all__ = ["PseudoLabels", "generate", "generate_with", "labels_from_jaccard", "resolve_neighbors", "EXACT_UP_TO"]
+
+EXACT_UP_TO = PseudoLabelConfig.exact_up_to
+"""``neighbors="auto"`` searches exactly up to this many features (100,000), approximately above."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class PseudoLabels:
     cluster_compactness: np.ndarray  # best IoU with the tight clustering (the members' bar)
     cluster_kept_members: np.ndarray  # members kept by the criterion (0: cluster rejected)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    neighbors: str = "exact"  # the search that ran: "exact" or "approximate"
 
     @property
     def independence_threshold(self) -> float | None:
@@ -129,18 +135,47 @@ def labels_from_jaccard(
     )
 
 
-def _check_search_memory(features: Any, k1: int, device: torch.device | str | None) -> None:
-    """The search holds the normalised features and, per row, a few tiles' worth of candidates."""
+def _check_search_memory(features: Any, k1: int, device: torch.device | str | None, approximate: bool) -> None:
+    """The exact search holds the normalised features in float32 and, per row, a few tiles' worth of
+    candidates; the approximate one holds them in float16 and k candidates a row."""
     shape = tuple(features.shape) if hasattr(features, "shape") else np.shape(features)
     if len(shape) != 2:
         return  # as_unit_features says what is wrong
     n, d = shape
     where = device if device is not None else (features.device if isinstance(features, torch.Tensor) else "cpu")
-    needed = n * d * 4 + n * CANDIDATE_SLOTS * min(k1, n) * 12
-    check_memory(
-        needed, where, f"the neighbour search of {n} features",
-        "use --pseudo.knn_backend faiss, or run with --device cpu to give the search the machine's memory",
-    )
+    if approximate:
+        needed = n * d * 2 + n * min(k1, n) * 12
+        remedy = "run with --device cpu to give the search the machine's memory"
+    else:
+        needed = n * d * 4 + n * CANDIDATE_SLOTS * min(k1, n) * 12
+        remedy = ("use --pseudo.neighbors approximate (float16 features), or run with --device cpu to give "
+                  "the search the machine's memory")
+    check_memory(needed, where, f"the neighbour search of {n} features", remedy)
+
+
+def resolve_neighbors(neighbors: str, n: int, exact_up_to: int = EXACT_UP_TO) -> str:
+    """The search ``neighbors`` means for N features: "exact" or "approximate".
+
+    "auto" is exact up to ``exact_up_to`` features. Above it, without faiss, it stays exact with a
+    warning (the labels are right, only slower); an explicit "approximate" without faiss is an error.
+    """
+    if neighbors not in ("auto", "exact", "approximate"):
+        raise ValueError(f"neighbors must be 'auto', 'exact' or 'approximate', got {neighbors!r}")
+    if neighbors != "auto":
+        return neighbors
+    if n <= exact_up_to:
+        return "exact"
+    try:
+        import faiss  # noqa: F401, PLC0415 (optional dependency)
+    except ImportError:
+        warnings.warn(
+            f"{n} features are more than the {exact_up_to} that are searched exactly by default, but faiss is "
+            "not installed, so the search stays exact (N^2 work: slow at this size). pip install faiss-cpu "
+            "to search approximately, or set neighbors='exact' to silence this.",
+            stacklevel=3,
+        )
+        return "exact"
+    return "approximate"
 
 
 def generate(
@@ -156,19 +191,31 @@ def generate(
     knn_backend: str = "torch",
     faiss_index: str = "Flat",
     self_paced: bool = True,
+    neighbors: str = "auto",
+    exact_up_to: int = EXACT_UP_TO,
+    approx_cells: int = 0,
+    approx_probe: int = 16,
 ) -> PseudoLabels:
     """Self-paced pseudo labels for the target instance features (N x d, numpy or torch).
 
     ``alpha`` is the independence threshold from the first epoch (None: compute it now, when a
     multi-member cluster exists); ``self_paced=False`` keeps every DBSCAN cluster whole (the
     paper's "without self-paced criterion" ablation). ``device`` runs the kNN search and the pair similarities there
-    (e.g. "cuda"); ``knn_backend="faiss"`` searches with faiss (``faiss_index`` a factory
-    string, "Flat" exact). Everything else runs on the CPU in memory linear in the number of
-    stored pairs. ``result.timings`` holds the seconds spent in each stage.
+    (e.g. "cuda").
+
+    ``neighbors`` chooses the search: "exact" (tiled products in float32), "approximate" (an
+    inverted file searched cell against cells with features in float16, ``approx_cells`` cells of
+    which each is compared with ``approx_probe``; needs faiss, see ``spcl.neighbors.approximate``)
+    or "auto": exact up to ``exact_up_to`` features (100,000), approximate above. Everything after
+    the search is the same for both and runs on the CPU in memory linear in the number of stored
+    pairs. ``knn_backend="faiss"`` instead searches with a faiss index built from ``faiss_index``
+    (a factory string, "Flat" exact). ``result.timings`` holds the seconds spent in each stage.
     """
     settings = PseudoLabelConfig(
         eps=eps, eps_gap=eps_gap, k1=k1, k2=k2, min_samples=min_samples, self_paced=self_paced,
         knn_backend=knn_backend, faiss_index=faiss_index,  # type: ignore[arg-type]
+        neighbors=neighbors, exact_up_to=exact_up_to, approx_cells=approx_cells,  # type: ignore[arg-type]
+        approx_probe=approx_probe,
     )
     return generate_with(features, settings, alpha, device=device)
 
@@ -179,26 +226,38 @@ def generate_with(
     alpha: float | None = None,
     *,
     device: torch.device | str | None = None,
+    show_progress: bool = False,
 ) -> PseudoLabels:
     """:func:`generate` with its settings as one value: the ``pseudo`` section of a run's config.
 
     A setting added to the config reaches the algorithm without touching its callers.
     ``settings.discard_outliers`` is not used here: it decides what the trainer does with the
-    un-clustered samples, not how they are found.
+    un-clustered samples, not how they are found. ``show_progress`` reports the long stages of a
+    large target (with an estimate of the time left) on standard error.
     """
     s = settings
     check_radii(s.eps, s.eps_gap)
     _check_settings(s.k1, s.k2, s.min_samples, alpha)
-    _check_search_memory(features, s.k1, device)
+    n = int(features.shape[0]) if hasattr(features, "shape") and len(features.shape) == 2 else 0
+    search = "exact" if s.knn_backend == "faiss" else resolve_neighbors(s.neighbors, n, s.exact_up_to)
+    _check_search_memory(features, s.k1, device, search == "approximate")
     clock = time.perf_counter()
-    unit = as_unit_features(features, device)
-    ranks, _ = search_unit(unit, s.k1, backend=s.knn_backend, faiss_index=s.faiss_index)
+    if search == "approximate":
+        unit = unit_features_half(features, device)
+        cells = CellSearch(cells=s.approx_cells, probe=s.approx_probe)
+        ranks, similarities = cell_search(unit, s.k1, cells, show_progress=show_progress)
+    else:
+        unit = as_unit_features(features, device)
+        ranks, _ = search_unit(unit, s.k1, backend=s.knn_backend, faiss_index=s.faiss_index)
+        similarities = None  # float32 features: one sampled product is faster than the look-up
     knn_seconds = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    distances = jaccard_from_neighbors(unit, ranks, s.k1, s.k2)
-    del ranks, unit
+    distances = jaccard_from_neighbors(unit, ranks, s.k1, s.k2, similarities)
+    del ranks, unit, similarities
     jaccard_seconds = time.perf_counter() - clock
 
     result = labels_from_jaccard(distances, s.eps, s.eps_gap, s.min_samples, alpha, self_paced=s.self_paced)
-    return replace(result, timings={"knn": knn_seconds, "jaccard": jaccard_seconds, **result.timings})
+    return replace(
+        result, timings={"knn": knn_seconds, "jaccard": jaccard_seconds, **result.timings}, neighbors=search
+    )

@@ -27,18 +27,22 @@ __all__ = ["jaccard_distance", "jaccard_from_neighbors"]
 
 
 def jaccard_from_neighbors(
-    unit_features: torch.Tensor, ranks: np.ndarray, k1: int = 30, k2: int = 6
+    unit_features: torch.Tensor, ranks: np.ndarray, k1: int = 30, k2: int = 6,
+    similarities: np.ndarray | None = None,
 ) -> sp.csr_matrix:
     """The sparse Jaccard distance of section 6 from normalised features and their neighbour lists.
 
     ``ranks`` are the min(k1, N) nearest points of each point, itself first (as returned by
-    ``nearest_neighbors``). Returns float32 CSR holding every pair with distance < 1.
+    ``nearest_neighbors``). ``similarities`` (the search's, aligned with ``ranks``) are reused for
+    the pairs they cover when the features are held in float16. Returns float32 CSR holding every
+    pair with distance < 1.
     """
     n = ranks.shape[0]
     forward = min(k1 + 1, k1)  # the reference searches k1 neighbours: F(i, k1) has k1 entries
     half = min(half_k(k1) + 1, k1)
     pattern = k_reciprocal_sets(ranks, forward, half)
-    sims = pair_similarities(unit_features, pattern.indptr, pattern.indices)
+    known = None if similarities is None else (ranks, similarities)
+    sims = pair_similarities(unit_features, pattern.indptr, pattern.indices, known)
     weights = encoding_weights(pattern, 2.0 - 2.0 * sims.astype(np.float64))
     weights = query_expansion(weights, ranks, k2)
     index_dtype = np.int32 if n < np.iinfo(np.int32).max else np.int64

@@ -45,14 +45,18 @@ class TargetLabels:
 class SelfPacedLabels:
     """Self-paced pseudo labels (SPEC section 6) from the memory's target instance features."""
 
-    def __init__(self, settings: PseudoLabelConfig, device: torch.device, truth: np.ndarray | None = None) -> None:
+    def __init__(
+        self, settings: PseudoLabelConfig, device: torch.device, truth: np.ndarray | None = None,
+        show_progress: bool = False,
+    ) -> None:
         self.settings = settings
         self.device = device
         self.truth = truth
+        self.show_progress = show_progress
         self.alpha: float | None = None
 
     def __call__(self, features: torch.Tensor) -> TargetLabels:
-        result = generate_with(features, self.settings, self.alpha, device=self.device)
+        result = generate_with(features, self.settings, self.alpha, device=self.device, show_progress=self.show_progress)
         if result.alpha_computed:
             self.alpha = float(result.alpha)  # fixed at the first epoch that has a real cluster
         labels = np.asarray(result.labels, dtype=np.int64)
@@ -89,7 +93,9 @@ class GroundTruthLabels:
         pass
 
 
-def target_labeler(config: Config, target: Dataset, device: torch.device) -> SelfPacedLabels | GroundTruthLabels | None:
+def target_labeler(
+    config: Config, target: Dataset, device: torch.device, show_progress: bool = False
+) -> SelfPacedLabels | GroundTruthLabels | None:
     """The label stage a run's mode calls for (None: the target is not trained on)."""
     if config.mode == "oracle":
         return GroundTruthLabels(target)
@@ -100,5 +106,5 @@ def target_labeler(config: Config, target: Dataset, device: torch.device) -> Sel
         if config.memory.kind == "cluster":
             # Cluster Contrast: DBSCAN's clusters as they come, its outliers out of the epoch's training
             settings = dataclasses.replace(settings, self_paced=False, discard_outliers=True)
-        return SelfPacedLabels(settings, device, truth if known else None)
+        return SelfPacedLabels(settings, device, truth if known else None, show_progress)
     return None

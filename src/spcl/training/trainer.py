@@ -236,8 +236,9 @@ class Trainer:
                 momentum=c.memory.momentum,
                 num_source_classes=self.num_source_classes,
                 source_update=c.memory.source_update,
+                dtype=getattr(torch, c.memory.precision),
             ).to(self.device)
-        self.labeler = target_labeler(c, self.target, self.device) if self.train_target else None
+        self.labeler = target_labeler(c, self.target, self.device, self.progress) if self.train_target else None
 
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=c.optim.lr, weight_decay=c.optim.weight_decay)
