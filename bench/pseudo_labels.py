@@ -244,7 +244,7 @@ def worker_large(n: int, dim: int, seed: int, search: str, probe: int, out_dir: 
             ranks, similarities = cell_search(unit, 30, CellSearch(probe=probe), show_progress=True)
     stages[f"{search} kNN (k1 = 30)"] = m
     with PeakMemory() as m:
-        distances = jaccard_from_neighbors(unit, ranks, 30, 6, similarities)
+        distances = jaccard_from_neighbors(unit, ranks, 30, 6, similarities, show_progress=True)
         del unit, similarities
     stages["sparse Jaccard (k-reciprocal, k2 = 6)"] = m
     nnz = distances.nnz
@@ -327,18 +327,19 @@ def main_large(args: argparse.Namespace) -> None:
 
     print(f"# Pseudo-labelling at 10^5-10^6 ({os.cpu_count()} CPUs, torch threads: {args.threads or 'default'}, "
           f"load average {os.getloadavg()[0]:.1f} at start; {args.dim}-d synthetic identity features, k1 = 30, "
-          f"approximate search with probe {args.probe})\n")
+          "approximate search with the probe given per row)\n")
     print("| N | search | features | kNN | Jaccard | DBSCAN x3 + reliability | labels total | process peak (GiB) "
           "| clusters | ARI vs exact | identical clusters | kNN recall | ARI vs true ids | sampler (build + pass) |")
     print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.large_sizes:
-            searches = (["exact"] if n <= args.exact_max else []) + ["approximate"]
-            for search in searches:
-                r = run_worker("large", n, args, ["--search", search, "--out", tmp])
+            runs = [("exact", 0)] if n <= args.exact_max else []
+            runs += [("approximate", p) for p in (args.probe if n <= args.exact_max else [args.probe_large])]
+            for search, probe in runs:
+                r = run_worker("large", n, args, ["--search", search, "--out", tmp, "--probe", str(probe)])
                 times = [v[0] for v in r["stages"].values()]
                 compare = ["-", "-", "-"]
-                if search == "approximate" and "exact" in searches:
+                if search == "approximate" and n <= args.exact_max:
                     exact = np.load(Path(tmp) / f"labels_exact_{n}.npy")
                     ours = np.load(Path(tmp) / f"labels_approximate_{n}.npy")
                     ranks_e = np.load(Path(tmp) / f"ranks_exact_{n}.npy")
@@ -346,7 +347,8 @@ def main_large(args: argparse.Namespace) -> None:
                     hits = (np.sort(ranks_e, axis=1)[:, :, None] == np.sort(ranks_a, axis=1)[:, None, :]).any(2)
                     compare = [f"{adjusted_rand_score(exact, ours):.4f}", f"{same_clusters(exact, ours):.3f}",
                                f"{hits.mean():.4f}"]
-                print(f"| {n:,} | {search} | {times[0]:.0f} s | {times[1]:.0f} s | {times[2]:.0f} s | {times[3]:.0f} s "
+                name = search if search == "exact" else f"approximate, probe {probe}"
+                print(f"| {n:,} | {name} | {times[0]:.0f} s | {times[1]:.0f} s | {times[2]:.0f} s | {times[3]:.0f} s "
                       f"| {sum(times[1:4]) / 60:.1f} min | {gib(r['max_rss'])} | {r['num_clusters']:,} | {compare[0]} "
                       f"| {compare[1]} | {compare[2]} | {r['ari_truth']:.3f} | {times[4]:.1f} s |", flush=True)
     n = max(args.large_sizes)
@@ -358,7 +360,7 @@ def main_large(args: argparse.Namespace) -> None:
 
 def run_worker(kind: str, n: int, args: argparse.Namespace, extra: list[str] | None = None) -> dict:
     command = [sys.executable, __file__, "--worker", kind, "--n", str(n), "--dim", str(args.dim), "--seed", str(args.seed),
-               "--threads", str(args.threads), "--probe", str(args.probe), *(extra or [])]
+               "--threads", str(args.threads), *(extra or [])]
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)  # progress on stderr
     if done.returncode != 0:
         raise RuntimeError(f"worker {kind} N={n} failed:\n{done.stderr}")
@@ -385,7 +387,9 @@ def main() -> None:
                         help="the 10^5-10^6 table: exact and approximate search, time, peak memory, agreement")
     parser.add_argument("--large-sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--exact-max", type=int, default=100_000, help="largest N searched exactly in --large")
-    parser.add_argument("--probe", type=int, default=16, help="cells each cell is compared with (approximate)")
+    parser.add_argument("--probe", type=int, nargs="+", default=[8, 16],
+                        help="cells each cell is compared with (approximate), at the sizes also searched exactly")
+    parser.add_argument("--probe-large", type=int, default=8, help="the same above --exact-max")
     parser.add_argument("--worker", choices=["size", "dense", "large", "memory"], help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--search", help=argparse.SUPPRESS)
@@ -394,7 +398,7 @@ def main() -> None:
 
     if args.worker == "large":
         set_threads(args.threads)
-        print(json.dumps(worker_large(args.n, args.dim, args.seed, args.search, args.probe, args.out)))
+        print(json.dumps(worker_large(args.n, args.dim, args.seed, args.search, args.probe[0], args.out)))
         return
     if args.worker == "memory":
         set_threads(args.threads)

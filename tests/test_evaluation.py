@@ -10,6 +10,7 @@ from spcl.evaluation import (
     ImageSet,
     evaluate_features,
     format_metrics,
+    metrics_from_ranked_lists,
     pairwise_distance,
     rank_metrics,
     ranked_gallery,
@@ -362,3 +363,83 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="query_features contains NaN or inf, or values too large"):
         huge = np.full((3, 4), 1e30, np.float32)
         evaluate_features(huge[:2], huge, [1, 2], [1, 2, 3], None, None, metric="euclidean")
+
+
+# ------------------------------------------------------------------ metrics from ranked lists
+def _slow_lists(dist, qpids, gpids, qcams, gcams, length, qpaths=None, gpaths=None):
+    """Each query's first ``length`` gallery items in the stable order, and the protocol on them
+    written out: AP over the listed valid matches, divided by all of the query's valid matches."""
+    nq, ng = dist.shape
+    lists = np.full((nq, length), -1, dtype=np.int64)
+    aps, firsts, listed, total = [], [], 0, 0
+    for i in range(nq):
+        order = sorted(range(ng), key=lambda j: (dist[i, j], j))
+        lists[i, : min(length, ng)] = order[:length]
+
+        def removed(j):
+            same_cam = qcams is not None and gcams[j] == qcams[i]
+            own = qpaths is not None and gpaths[j] == qpaths[i]
+            return (gpids[j] == qpids[i] and same_cam) or own
+
+        matches = sum(1 for j in range(ng) if gpids[j] == qpids[i] and not removed(j))
+        rank = found = 0
+        precisions, first = [], None
+        for j in order[:length]:
+            if removed(j):
+                continue
+            rank += 1
+            if gpids[j] == qpids[i]:
+                found += 1
+                precisions.append(found / rank)
+                first = rank if first is None else first
+        listed, total = listed + found, total + matches
+        aps.append(sum(precisions) / matches if matches else np.nan)
+        firsts.append(first if first is not None else (length + 1 if matches else -1))
+    aps, firsts = np.array(aps), np.array(firsts)
+    valid = ~np.isnan(aps)
+    cmc = np.array([np.mean(firsts[valid] <= k) for k in range(1, length + 1)])
+    return lists, {"mAP": aps[valid].mean(), "cmc": cmc, "ap": aps, "recall": listed / total}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_full_ranked_lists_give_the_exact_metrics(seed):
+    dist, qpids, gpids, qcams, gcams = random_problem(seed)
+    qpaths = [f"img{i}.jpg" for i in range(len(qpids))]
+    gpaths = [f"img{j + 20}.jpg" for j in range(len(gpids))]  # queries 20.. are their own gallery files
+    lists, _ = _slow_lists(dist, qpids, gpids, qcams, gcams, dist.shape[1])
+    query = ImageSet(pids=qpids, camids=qcams, paths=qpaths)
+    gallery = ImageSet(pids=gpids, camids=gcams, paths=gpaths)
+    result = metrics_from_ranked_lists(lists, query, gallery, block_size=5)
+    expected = slow_metrics(dist, qpids, gpids, qcams, gcams, dist.shape[1], qpaths, gpaths)
+    assert result["mAP"] == pytest.approx(expected["mAP"], abs=1e-12)
+    np.testing.assert_allclose(result["cmc"], expected["cmc"], atol=1e-12)
+    np.testing.assert_allclose(result["per_query_ap"], expected["ap"], atol=1e-12)
+    assert result["recall"] == 1.0
+
+
+@pytest.mark.parametrize("length", [1, 4, 9])
+def test_truncated_lists_count_missing_matches_as_not_retrieved(length):
+    dist, qpids, gpids, qcams, gcams = random_problem(3)
+    lists, expected = _slow_lists(dist, qpids, gpids, qcams, gcams, length)
+    result = metrics_from_ranked_lists(lists, ImageSet(pids=qpids, camids=qcams), ImageSet(pids=gpids, camids=gcams))
+    assert result["mAP"] == pytest.approx(expected["mAP"], abs=1e-12)
+    np.testing.assert_allclose(result["cmc"], expected["cmc"], atol=1e-12)
+    assert result["recall"] == pytest.approx(expected["recall"], abs=1e-12)
+    exact = slow_metrics(dist, qpids, gpids, qcams, gcams, length)
+    assert result["mAP"] <= exact["mAP"] + 1e-12  # a lower bound of the exact mAP
+    np.testing.assert_allclose(result["cmc"], exact["cmc"][:length], atol=1e-12)  # CMC within the lists is exact
+
+
+def test_ranked_lists_by_hand_and_bad_input():
+    # gallery: ids 1 1 2 1, cameras 0 1 1 1; the query is id 1 seen by camera 0: item 0 is removed
+    gallery = ImageSet(pids=[1, 1, 2, 1], camids=[0, 1, 1, 1])
+    query = ImageSet(pids=[1], camids=[0])
+    result = metrics_from_ranked_lists(np.array([[0, 2, 1, -1]]), query, gallery)
+    # valid ranking: 2 (miss), 1 (hit at rank 2); item 3 is a valid match not listed
+    assert result["mAP"] == pytest.approx((1 / 2) / 2)
+    np.testing.assert_allclose(result["cmc"], [0.0, 1.0, 1.0, 1.0])
+    assert result["recall"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="queries x list length"):
+        metrics_from_ranked_lists(np.array([0, 1]), query, gallery)
+    with pytest.raises(ValueError, match="no query has a valid true match"):
+        metrics_from_ranked_lists(np.array([[2]]), ImageSet(pids=[5], camids=[0]), gallery)

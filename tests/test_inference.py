@@ -152,6 +152,21 @@ def test_search_finds_the_query_first_and_draws_the_lists(trained: Path, data_ro
         assert png.size == (8 * 2 + 180 + 28 + 5 * 104, 58 + 180 + 8)
     assert json.loads((out / "results.json").read_text()) == results
 
+    # --metrics on lists as long as the gallery: the exact evaluation of the same features
+    from spcl.evaluation import ImageSet, metrics_from_features
+    from spcl.inference.feature_file import load_features
+
+    stored = load_features(gallery)
+    size = len(stored.features)
+    assert main(["search", "--gallery", str(gallery), "--query", str(gallery), "--topk", str(size), "--metrics",
+                 "--json", "--no-png", "--out", str(out), "--index", "exact"]) == 0
+    capsys.readouterr()
+    metrics = json.loads((out / "metrics.json").read_text())
+    side = ImageSet(stored.features, stored.images.pids, [int(c) for c in stored.images.camids], stored.images.paths)
+    exact = metrics_from_features(side, side, topk=size)
+    assert metrics["mAP"] == pytest.approx(exact["mAP"], abs=1e-9) and metrics["recall"] == 1.0
+    np.testing.assert_allclose(metrics["cmc"], exact["cmc"], atol=1e-9)
+
 
 def test_faiss_indexes_agree_with_the_exact_search() -> None:
     pytest.importorskip("faiss")

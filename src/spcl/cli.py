@@ -210,6 +210,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(payload, indent=1) + "\n")
+    if args.metrics:
+        _search_metrics(results, q_images, g_images, args.topk, out)
     if args.json:
         print(json.dumps(payload, indent=1))
     else:
@@ -220,6 +222,37 @@ def _cmd_search(args: argparse.Namespace) -> int:
         pngs = draw_ranked_lists(to_rows(results), out / "ranked.png", title=title, thumb=thumb)
         print(f"ranked lists: {', '.join(str(p) for p in pngs)}; JSON: {out / 'results.json'}", file=sys.stderr)
     return 0
+
+
+def _search_metrics(results: list[Any], queries: Any, gallery: Any, topk: int, out: Path) -> None:
+    """mAP / CMC over the ranked lists (``--metrics``): the evaluation of a gallery searched with an
+    approximate index, with the share of valid true matches the lists hold."""
+    import json
+
+    import numpy as np
+
+    from spcl.evaluation import ImageSet, metrics_from_ranked_lists
+
+    if (np.asarray(queries.pids) < 0).any() or (np.asarray(gallery.pids) < 0).any():
+        raise SystemExit("error: --metrics needs the identity of every query and gallery image (a pid in their "
+                         "CSV or feature file)")
+    lists = np.full((len(results), topk), -1, dtype=np.int64)
+    for q, result in enumerate(results):
+        for m in result.matches:
+            lists[q, m.rank - 1] = m.index
+    cameras = [None if c < 0 else int(c) for c in queries.camids], [None if c < 0 else int(c) for c in gallery.camids]
+    metrics = metrics_from_ranked_lists(
+        lists, ImageSet(pids=queries.pids, camids=cameras[0], paths=queries.paths),
+        ImageSet(pids=gallery.pids, camids=cameras[1], paths=gallery.paths),
+    )
+    ranks = [r for r in (1, 5, 10) if r <= topk]
+    print(f"over the top-{topk} lists: mAP {100 * metrics['mAP']:.1f}, "
+          + ", ".join(f"rank-{r} {100 * metrics['cmc'][r - 1]:.1f}" for r in ranks)
+          + f"; the lists hold {100 * metrics['recall']:.1f}% of the valid true matches "
+          f"(mAP is exact when they hold all, a lower bound otherwise)", file=sys.stderr)
+    summary = {"mAP": metrics["mAP"], "cmc": metrics["cmc"].tolist(), "recall": metrics["recall"],
+               "num_valid_queries": metrics["num_valid_queries"], "topk": topk}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 
 def _cmd_visualize(args: argparse.Namespace) -> int:
@@ -247,7 +280,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from spcl.demo import run_demo
+    from spcl.demo import format_table, merge_results, run_demo
+
+    if args.merge:
+        results = merge_results(args.merge)
+        print(format_table(results))
+        total = sum(r.get("seconds", 0.0) for rows in results.values() for r in rows)
+        print(f"\n{sum(len(rows) for rows in results.values())} runs, {total / 60:.0f} minutes of training in all")
+        return 0
 
     run_demo(
         data_root=args.data_root, output=args.output, seeds=args.seeds, ablations=args.ablations,
@@ -280,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", action="store_true",
                    help="also run SpCL without a source, Cluster Contrast's memory and camera-aware proxies (UDA, USL)")
     p.add_argument("--epochs", type=int, default=None, help="override the demo's number of epochs")
+    p.add_argument("--merge", nargs="+", default=None, metavar="RESULTS_JSON",
+                   help="print one table from the results.json of runs made in parts (no training)")
     p.add_argument("--only", nargs="+", default=None, metavar="NAME",
                    help="run only the rows whose name contains one of these strings (e.g. 'camera-aware')")
     p.add_argument("--device", default="auto")
@@ -328,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (exact; small galleries)")
     p.add_argument("--out", default="search", help="folder for results.json and ranked.png (default: ./search)")
     p.add_argument("--no-png", action="store_true", help="do not draw the ranked lists")
+    p.add_argument("--metrics", action="store_true",
+                   help="also mAP / CMC over the top-k lists and the share of true matches they hold (metrics.json)")
     p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("visualize", help="ranked lists of an evaluation's worst and best queries, as PNG")

@@ -115,6 +115,21 @@ def run_demo(
     return results
 
 
+def merge_results(paths: list[str] | tuple[str, ...]) -> dict[str, list[dict[str, float]]]:
+    """The rows of several ``results.json`` (a table measured in parts: other seeds, ``only``), in
+    the order the table lists its runs; a run's seeds are appended in the order of ``paths``."""
+    merged: dict[str, list[dict[str, float]]] = {}
+    for path in paths:
+        try:
+            results = json.loads(Path(path).read_text())["results"]
+        except (OSError, ValueError, KeyError) as error:
+            raise ValueError(f"{path} is not a results.json written by spcl demo ({error})") from error
+        for name, rows in results.items():
+            merged.setdefault(name, []).extend(rows)
+    order = [*RUNS, *ABLATIONS, *METHODS]
+    return dict(sorted(merged.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)))
+
+
 def _mean_spread(values: list[float]) -> str:
     values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
@@ -126,12 +141,16 @@ def _mean_spread(values: list[float]) -> str:
 
 
 def format_table(results: dict[str, list[dict[str, float]]]) -> str:
-    lines = ["| method | mAP | rank-1 | rank-5 | seeds |", "| --- | --- | --- | --- | --- |"]
+    timed = any("seconds" in r for rows in results.values() for r in rows)
+    lines = ["| method | mAP | rank-1 | rank-5 | seeds |" + (" minutes a run |" if timed else ""),
+             "| --- | --- | --- | --- | --- |" + (" --- |" if timed else "")]
     for name, rows in results.items():
-        lines.append(
-            f"| {name} | {_mean_spread([r.get('mAP') for r in rows])} | {_mean_spread([r.get('rank1') for r in rows])} "
-            f"| {_mean_spread([r.get('rank5') for r in rows])} | {len(rows)} |"
-        )
+        line = (f"| {name} | {_mean_spread([r.get('mAP') for r in rows])} | {_mean_spread([r.get('rank1') for r in rows])} "
+                f"| {_mean_spread([r.get('rank5') for r in rows])} | {len(rows)} |")
+        if timed:
+            seconds = [r["seconds"] for r in rows if "seconds" in r]
+            line += f" {np.mean(seconds) / 60:.1f} |" if seconds else " - |"
+        lines.append(line)
     return "\n".join(lines)
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "format_metrics",
     "metrics_from_distances",
     "metrics_from_features",
+    "metrics_from_ranked_lists",
     "pairwise_distance",
     "rank_metrics",
     "ranked_from_distances",
@@ -140,6 +141,60 @@ def metrics_from_features(
     protocol = Protocol.build(query, gallery, num_query, num_gallery)
     blocks = features.blocks(block_size, reuse=True)
     return score_blocks(blocks, protocol, num_query, topk, "the distances", timings)
+
+
+def metrics_from_ranked_lists(
+    indices: np.ndarray, query: ImageSet, gallery: ImageSet, *, block_size: int = 1024
+) -> dict[str, Any]:
+    """mAP and CMC from each query's top-L gallery list (Q x L, -1 = padding), as an approximate
+    index (``spcl search --index ivf``) returns it: the evaluation of a gallery too large to rank
+    exactly, with what the lists miss measured.
+
+    Items the protocol removes are skipped in the lists, as in the exact engine. A valid true match
+    absent from a query's list counts as never retrieved: AP is then a lower bound of the exact AP,
+    equal to it when the list holds every valid match (a full exact ranking gives the exact
+    metrics). ``recall`` is the share of all valid true matches that the lists hold; CMC has L
+    ranks. Memory: one block of queries' lists and related gallery items at a time.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    if indices.ndim != 2:
+        raise ValueError(f"indices must be a (queries x list length) matrix, got shape {indices.shape}")
+    num_query, length = indices.shape
+    num_gallery = len(gallery.pids) if gallery.pids is not None else int(indices.max(initial=-1)) + 1
+    protocol = Protocol.build(query, gallery, num_query, num_gallery)
+    ap = np.zeros(num_query)
+    first_hit = np.full(num_query, length, dtype=np.int64)  # valid rank (0-based) of the first match
+    valid = np.zeros(num_query, dtype=bool)
+    listed = total = 0
+    for start in range(0, num_query, block_size):
+        end = min(num_query, start + block_size)
+        lists = indices[start:end]
+        related, match = protocol.related(start, end)  # (B, K): related gallery items, valid matches
+        same = (lists[:, :, None] == related[:, None, :]) & (lists[:, :, None] >= 0)
+        is_related = same.any(axis=2)
+        is_match = (same & match[:, None, :]).any(axis=2)
+        kept = (lists >= 0) & ~(is_related & ~is_match)  # removed items leave the ranking
+        position = np.cumsum(kept, axis=1)  # 1-based valid rank of each kept item
+        hits = np.cumsum(is_match, axis=1)
+        num_matches = match.sum(axis=1)
+        valid[start:end] = num_matches > 0
+        precision = np.where(is_match, hits / np.maximum(position, 1), 0.0)
+        ap[start:end] = precision.sum(axis=1) / np.maximum(num_matches, 1)
+        found = is_match.any(axis=1)
+        first = np.argmax(is_match, axis=1)
+        first_hit[start:end] = np.where(found, position[np.arange(end - start), first] - 1, length)
+        listed += int(is_match.sum())
+        total += int(num_matches.sum())
+    if not valid.any():
+        raise ValueError("no query has a valid true match in the gallery: mAP and CMC are undefined")
+    cmc = np.array([(first_hit[valid] <= r).mean() for r in range(length)])
+    return {
+        "mAP": float(ap[valid].mean()),
+        "cmc": cmc,
+        "recall": listed / total,
+        "num_valid_queries": int(valid.sum()),
+        "per_query_ap": np.where(valid, ap, np.nan),
+    }
 
 
 def evaluate_features(

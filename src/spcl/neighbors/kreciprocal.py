@@ -29,6 +29,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import reverse_cuthill_mckee
 
+from spcl.utils.progress import progress
+
 __all__ = [
     "k_reciprocal_sets",
     "encoding_weights",
@@ -196,7 +198,7 @@ def _row_sums(weights: sp.csr_matrix) -> np.ndarray:
 
 
 def upper_min_overlap(
-    weights: sp.csr_matrix,
+    weights: sp.csr_matrix, show_progress: bool = False
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Yield blocks of sum_k min(V[i,k], V[j,k]) and sum_k max(V[i,k], V[j,k]) for pairs sharing a column.
 
@@ -205,6 +207,7 @@ def upper_min_overlap(
     2 - min sum, since rows sum to 1, without its rounding: identical rows give exactly equal
     sums, so duplicates come out at distance exactly 0). Work is the number of
     (entry, same-column partner) pairs, O(N k^2); memory per block is bounded by the budgets.
+    ``show_progress`` reports the blocks (minutes at 10^6 points).
     """
     n = weights.shape[0]
     order = _sharing_order(weights)
@@ -220,7 +223,8 @@ def upper_min_overlap(
     # sharing order reach_i - i is small, so each accumulator row covers only that band.
     row_band = np.maximum.reduceat(col_rows[col_end - 1], starts) - np.arange(n) + 1
     row_sums = _row_sums(permuted)
-    for lo, hi in _row_blocks(row_work, row_band):
+    blocks = list(_row_blocks(row_work, row_band))
+    for lo, hi in progress(blocks, "Jaccard distance: blocks of rows", total=len(blocks), enabled=show_progress):
         e0, e1 = permuted.indptr[lo], permuted.indptr[hi]
         local_row, partner, mins = _expand_pairs(
             permuted, lo, hi, position[e0:e1], partners[e0:e1], col_rows, col_values

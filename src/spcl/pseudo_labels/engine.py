@@ -253,7 +253,7 @@ def generate_with(
     knn_seconds = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    distances = jaccard_from_neighbors(unit, ranks, s.k1, s.k2, similarities)
+    distances = jaccard_from_neighbors(unit, ranks, s.k1, s.k2, similarities, show_progress)
     del ranks, unit, similarities
     jaccard_seconds = time.perf_counter() - clock
 

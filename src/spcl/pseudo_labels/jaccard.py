@@ -29,6 +29,7 @@ __all__ = ["jaccard_distance", "jaccard_from_neighbors"]
 def jaccard_from_neighbors(
     unit_features: torch.Tensor, ranks: np.ndarray, k1: int = 30, k2: int = 6,
     similarities: np.ndarray | None = None,
+    show_progress: bool = False,
 ) -> sp.csr_matrix:
     """The sparse Jaccard distance of section 6 from normalised features and their neighbour lists.
 
@@ -47,7 +48,7 @@ def jaccard_from_neighbors(
     weights = query_expansion(weights, ranks, k2)
     index_dtype = np.int32 if n < np.iinfo(np.int32).max else np.int64
     rows_out, cols_out, values_out = [], [], []
-    for rows, cols, shared, union in upper_min_overlap(weights):
+    for rows, cols, shared, union in upper_min_overlap(weights, show_progress):
         distance = 1.0 - shared / union
         np.maximum(distance, 0.0, out=distance)  # the reference clips below 0
         distance[rows == cols] = 0.0
