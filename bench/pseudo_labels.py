@@ -38,17 +38,22 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def identity_features(n: int, dim: int = 2048, mean_size: float = 17.0, singletons: float = 0.15, seed: int = 0):
-    """Unit features with identity structure: identities of log-normal size (2..200), each with its
-    own spread and 2-6 camera modes, grouped into look-alike families, plus singletons; shuffled."""
-    rng = np.random.default_rng(seed)
-    num_single = int(round(singletons * n))
-    sizes, left = [], n - num_single
+def identity_sizes(rng: np.random.Generator, n: int, mean_size: float, singletons: float) -> list[int]:
+    """Sizes of the multi-image identities (log-normal, 2..200 images) that leave ``singletons`` of N alone."""
+    sizes, left = [], n - int(round(singletons * n))
     while left > 0:
         size = int(np.clip(round(rng.lognormal(np.log(mean_size) - 0.32, 0.8)), 2, 200))
         size = left if left - size < 2 else size
         sizes.append(size)
         left -= size
+    return sizes
+
+
+def identity_features(n: int, dim: int = 2048, mean_size: float = 17.0, singletons: float = 0.15, seed: int = 0):
+    """Unit features with identity structure: identities of log-normal size (2..200), each with its
+    own spread and 2-6 camera modes, grouped into look-alike families, plus singletons; shuffled."""
+    rng = np.random.default_rng(seed)
+    sizes = identity_sizes(rng, n, mean_size, singletons)
     num_groups = max(1, len(sizes) // 8)
 
     def unit(*shape: int) -> np.ndarray:
@@ -81,13 +86,7 @@ def identity_features_half(n: int, dim: int = 2048, mean_size: float = 31.0, sin
 
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
-    num_single = int(round(singletons * n))
-    sizes, left = [], n - num_single
-    while left > 0:
-        size = int(np.clip(round(rng.lognormal(np.log(mean_size) - 0.32, 0.8)), 2, 200))
-        size = left if left - size < 2 else size
-        sizes.append(size)
-        left -= size
+    sizes = identity_sizes(rng, n, mean_size, singletons)
     num_groups = max(1, len(sizes) // 8)
     scale = 1.0 / np.sqrt(dim)
 

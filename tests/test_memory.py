@@ -74,20 +74,26 @@ def _batch(memory: HybridMemory, g: torch.Generator, source_ids, target_ids):
     return feats, slots
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("num_source", [NUM_SOURCE, 0])
-def test_loss_and_gradient_match_float64_reference(num_source: int) -> None:
+def test_loss_and_gradient_match_float64_reference(monkeypatch, num_source: int, dtype: torch.dtype) -> None:
+    """Slots stored in float16 / bfloat16 compute in float32 too: the reference on the rounded slots,
+    across blocks of slots (the low-precision path is forced to small blocks)."""
+    monkeypatch.setattr("spcl.memory.hybrid._SLOT_BLOCK", 4)
     g = torch.Generator().manual_seed(1)
-    memory = _memory(num_source)
+    memory = _memory(num_source, dtype=dtype)
+    assert memory.features.dtype == dtype
     source_ids = [0, 0, 3, 4, 4, 4] if num_source else []
     target_ids = [0, 1, 3, 5, 9, 12, 12, 16, 17]  # clusters, outliers, a repeated image
     feats, slots = _batch(memory, g, source_ids, target_ids)
+    feats = feats.float()
 
     x = feats.clone().requires_grad_(True)
     loss = memory.loss(x, slots)
     loss.backward()
 
     x64 = feats.double().clone().requires_grad_(True)
-    ref = reference_loss(x64, slots.tolist(), memory.features.numpy(), num_source, PSEUDO)
+    ref = reference_loss(x64, slots.tolist(), memory.features.double().numpy(), num_source, PSEUDO)
     ref.backward()
 
     assert loss.dtype == torch.float32
@@ -240,29 +246,6 @@ def test_loss_terms_are_the_two_means() -> None:
 
 
 # ----------------------------------------------------------------- slots in a lower precision
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("num_source", [NUM_SOURCE, 0])
-def test_low_precision_slots_compute_in_float32(monkeypatch, dtype, num_source) -> None:
-    """The loss and its gradient of slots stored in float16 / bfloat16 are the float64 reference's
-    on the rounded slots, across blocks of slots (the blocked path is forced to small blocks)."""
-    monkeypatch.setattr("spcl.memory.hybrid._SLOT_BLOCK", 4)
-    g = torch.Generator().manual_seed(1)
-    memory = _memory(num_source, dtype=dtype)
-    assert memory.features.dtype == dtype
-    source_ids = [0, 0, 3, 4] if num_source else []
-    feats, slots = _batch(memory, g, source_ids, [0, 1, 3, 5, 9, 12, 12, 16, 17])
-    feats = feats.float()
-    x = feats.clone().requires_grad_(True)
-    loss = memory.loss(x, slots)
-    loss.backward()
-    x64 = feats.double().clone().requires_grad_(True)
-    ref = reference_loss(x64, slots.tolist(), memory.features.double().numpy(), num_source, PSEUDO)
-    ref.backward()
-    assert loss.dtype == torch.float32
-    assert math.isclose(loss.item(), ref.item(), rel_tol=1e-5, abs_tol=1e-5)
-    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-4, atol=1e-5)
-
-
 def test_low_precision_update_rounds_once() -> None:
     """A pull of float16 slots is the float64 loop on the stored values, rounded when stored."""
     g = torch.Generator().manual_seed(5)
