@@ -137,8 +137,10 @@ class HybridMemory(SlotMemory):
         """Set the target instance slots (num_target x d, sorted training-list order),
         L2-normalised."""
         self._check_rows(features, self.num_target, "init_target")
-        unit = F.normalize(features.to(self.features.device, torch.float32), dim=1)
-        self.features[self.num_source_classes :] = unit.to(self.features.dtype)
+        target = self.features[self.num_source_classes :]
+        for a in range(0, self.num_target, _SLOT_BLOCK):  # a block at a time: no float32 copy of 10^6 rows
+            block = features[a : a + _SLOT_BLOCK].to(self.features.device, torch.float32)
+            target[a : a + _SLOT_BLOCK] = F.normalize(block, dim=1).to(self.features.dtype)
 
     @torch.no_grad()
     def set_labels(self, labels: ArrayLike) -> None:

@@ -399,15 +399,17 @@ class Trainer:
             self.memory.init_source(features, [p for _, p, _ in self.source.train])
         fault_point("init_memory")
         if self.train_target and isinstance(self.memory, HybridMemory):
-            self.memory.init_target(self._extract(self.target.train, -1, "target features"))
+            # in the memory's precision: a float16 memory of 10^6 targets never needs them in float32
+            features = self._extract(self.target.train, -1, "target features", self.memory.features.dtype)
+            self.memory.init_target(features)
         self.memory_ready = True  # a cluster memory's target slots come with each epoch's clusters
 
-    def _extract(self, items: list[Item], domain: int, desc: str) -> torch.Tensor:
+    def _extract(self, items: list[Item], domain: int, desc: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         c = self.config
         with use_domain(self.model, domain):
             return extract_features(
                 self.model, items, self.test_transform, self.device, c.eval.batch_size, self.workers, desc,
-                self.progress, self.dist,
+                self.progress, self.dist, dtype=dtype,
             )
 
     def assign_labels(self) -> TargetLabels | None:
