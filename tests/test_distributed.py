@@ -186,7 +186,9 @@ def test_two_processes_compute_what_one_computes(data_root: Path, tmp_path: Path
     _assert_ranks_agree(ranks)  # identical memory, labels and parameters on both ranks
     _assert_first_step_same(single, ranks[0])
     _assert_same(single, ranks[0])
-    assert ranks[0]["history"][0][0] == pytest.approx(single["history"][0][0], abs=1e-4)
+    # relative: float rounding of the gathered batch moves the epoch's mean loss by a few 1e-5 of itself
+    # (1.6e-4 of 6.09 with the hard update on one AMD EPYC)
+    assert ranks[0]["history"][0][0] == pytest.approx(single["history"][0][0], rel=1e-4, abs=1e-4)
     assert ranks[1]["written"] == []  # rank 0 writes everything
     assert ranks[0]["written"]
     out = tmp_path / "two"

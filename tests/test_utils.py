@@ -81,7 +81,7 @@ def test_memory_errors_name_the_setting_that_reduces_them(monkeypatch) -> None:
     monkeypatch.setattr(memory, "available_memory", lambda device="cpu": 2**20)  # 1 MiB left
     with pytest.raises(OutOfMemory, match=r"re-ranking 300 queries x 600 gallery images needs about .* --rerank"):
         re_rank(np.ones((300, 8), np.float32), np.ones((600, 8), np.float32))
-    with pytest.raises(OutOfMemory, match="neighbour search of 5000 features .* --pseudo.knn_backend faiss"):
+    with pytest.raises(OutOfMemory, match="neighbour search of 5000 features .* --pseudo.neighbors approximate"):
         generate(np.random.default_rng(0).normal(size=(5000, 64)).astype(np.float32))
     check_memory(1000, "cpu", "a small step", "nothing")  # fits: no error
     with pytest.raises(OutOfMemory, match=r"extracting ran out of memory \(no room\): lower eval.batch_size"):

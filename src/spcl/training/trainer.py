@@ -416,7 +416,7 @@ class Trainer:
         """The classes of the target slots for this epoch (SPEC section 6), set in the memory."""
         if self.labeler is None:
             return None
-        remedy = ("lower pseudo.k1 (the neighbours kept per image), or use --pseudo.knn_backend faiss; on an "
+        remedy = ("lower pseudo.k1 (the neighbours kept per image), or use --pseudo.neighbors approximate; on an "
                   "accelerator, --device cpu gives the search the machine's memory")
         labeler = self.labeler
         memory = self.memory
