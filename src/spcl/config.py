@@ -135,7 +135,7 @@ class PseudoLabelConfig:
     100,000 x 2048 on a 2-core CPU); above it the search is approximate."""
     approx_cells: int = 0
     """Cells of the approximate search (0: about 2 sqrt(N))."""
-    approx_probe: int = 16
+    approx_probe: int = 8
     """Cells each cell is compared with in the approximate search (its own included)."""
     knn_backend: Literal["torch", "faiss"] = "torch"
     """Exact search: tiled torch products, or a faiss index of ``faiss_index`` (which then decides

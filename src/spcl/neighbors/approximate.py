@@ -66,7 +66,7 @@ class CellSearch:
     """
 
     cells: int = 0
-    probe: int = 16
+    probe: int = 8
     train_per_cell: int = 32
     iterations: int = 10
     seed: int = 0

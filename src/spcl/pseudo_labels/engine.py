@@ -194,7 +194,7 @@ def generate(
     neighbors: str = "auto",
     exact_up_to: int = EXACT_UP_TO,
     approx_cells: int = 0,
-    approx_probe: int = 16,
+    approx_probe: int = 8,
 ) -> PseudoLabels:
     """Self-paced pseudo labels for the target instance features (N x d, numpy or torch).
 
