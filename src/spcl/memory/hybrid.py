@@ -175,15 +175,19 @@ class HybridMemory(SlotMemory):
         """Class prototypes (num_classes x d: the un-normalised mean of each class's member slots)
         and the mask of classes with at least one member."""
         labels = self.labels
-        num_classes = int(labels.max()) + 1
-        if num_classes <= 0:
-            raise ValueError("no memory slot belongs to a class (all labels are -1)")
+        num_classes = self._num_classes()
         rows = torch.where(labels >= 0, labels, num_classes)  # row num_classes collects the -1s
         sums = torch.zeros(num_classes + 1, self.num_features, dtype=torch.float32, device=self.features.device)
         sums.index_add_(0, rows, self.features.float())
         counts = torch.bincount(rows, minlength=num_classes + 1)[:num_classes]
         means = sums[:num_classes].div_(counts.clamp(min=1)[:, None].to(sums.dtype))  # in place: slots x d is large
         return means, counts > 0
+
+    def _num_classes(self) -> int:
+        num_classes = int(self.labels.max()) + 1
+        if num_classes <= 0:
+            raise ValueError("no memory slot belongs to a class (all labels are -1)")
+        return num_classes
 
     def _class_logits(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``features @ prototypes.T`` for slots held in a lower precision, without the prototypes.
@@ -194,9 +198,7 @@ class HybridMemory(SlotMemory):
         (8 GiB at 10^6 x 2048). Linear in the number of slots, forward and backward.
         """
         labels = self.labels
-        num_classes = int(labels.max()) + 1
-        if num_classes <= 0:
-            raise ValueError("no memory slot belongs to a class (all labels are -1)")
+        num_classes = self._num_classes()
         counts = torch.bincount(labels[labels >= 0], minlength=num_classes)
         logits = _BlockedClassLogits.apply(features, self.features, labels, counts.to(features.dtype), num_classes)
         return logits, counts > 0

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spcl.neighbors.search import canonical_order
+from spcl.neighbors.search import canonical_order, row_norms
 from spcl.utils.progress import progress
 
 __all__ = ["CellSearch", "cell_search", "unit_features_half", "require_faiss", "default_cells"]
@@ -95,17 +95,7 @@ def unit_features_half(features: Any, device: torch.device | str | None = None) 
     out = torch.empty((n, d), dtype=torch.float16, device=target)
     for a in range(0, n, _ROWS):
         block = features[a : a + _ROWS].to(target, torch.float32)
-        norms = torch.linalg.vector_norm(block, dim=1, keepdim=True)
-        if not bool(torch.isfinite(block).all()):
-            bad = (a + torch.nonzero(~torch.isfinite(block).all(dim=1)).flatten()[:5]).tolist()
-            raise ValueError(
-                f"features contain NaN or inf values (rows {bad}...): they cannot be compared; a diverged "
-                "encoder or memory produces them (check the loss and the learning rate)"
-            )
-        if not bool((norms > 0).all()):
-            bad = (a + torch.nonzero(norms.flatten() == 0).flatten()[:5]).tolist()
-            raise ValueError(f"features contain all-zero rows (rows {bad}...): they have no direction to compare")
-        out[a : a + _ROWS] = block / norms
+        out[a : a + _ROWS] = block / row_norms(block, offset=a)
     return out
 
 

@@ -54,20 +54,26 @@ def as_unit_features(features: Any, device: torch.device | str | None = None) ->
         tensor = tensor.to(torch.float32)
     if device is not None:
         tensor = tensor.to(device)
-    norms = torch.linalg.vector_norm(tensor, dim=1, keepdim=True)
+    return tensor / row_norms(tensor)
+
+
+def row_norms(rows: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """The L2 norm of each row (rows x 1), refusing rows that cannot be normalised: NaN or inf
+    values, or all zeros. ``offset`` is the first row's index in the whole matrix, for the message."""
+    norms = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
     if not bool(torch.isfinite(norms).all()):  # one pass in the common case: NaN/inf show in the norm
-        finite = torch.isfinite(tensor).all(dim=1)
+        finite = torch.isfinite(rows).all(dim=1)
         if not bool(finite.all()):
-            bad = torch.nonzero(~finite).flatten()[:5].tolist()
+            bad = (offset + torch.nonzero(~finite).flatten()[:5]).tolist()
             raise ValueError(
                 f"features contain NaN or inf values (rows {bad}...): they cannot be compared; a diverged "
                 "encoder or memory produces them (check the loss and the learning rate)"
             )
-        norms = torch.linalg.vector_norm(tensor.double(), dim=1, keepdim=True).to(tensor.dtype)  # overflow
+        norms = torch.linalg.vector_norm(rows.double(), dim=1, keepdim=True).to(rows.dtype)  # overflow
     if not bool((norms > 0).all()):
-        bad = torch.nonzero(norms.flatten() == 0).flatten()[:5].tolist()
+        bad = (offset + torch.nonzero(norms.flatten() == 0).flatten()[:5]).tolist()
         raise ValueError(f"features contain all-zero rows (rows {bad}...): they have no direction to compare")
-    return tensor / norms
+    return norms
 
 
 def canonical_order(indices: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
