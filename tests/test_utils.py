@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from spcl.utils import RngStream, derive_seed, progress, resolve_device
-from spcl.utils.progress import Progress
+from spcl.utils.progress import Progress, stage
 
 
 class _Terminal(io.StringIO):
@@ -150,3 +150,41 @@ def test_one_process_collectives_are_the_identity() -> None:
     x = torch.arange(6.0).view(3, 2)
     assert d.gather_rows(x) is x and d.gather_equal(x) == [x] and d.max_int(4) == 4
     assert d.shard(5) == slice(0, 5) and d.run_on_main(lambda: 3, "x") == 3 and d.is_main and not d.enabled
+
+
+def test_missing_faiss_is_named_with_its_install_and_the_exact_path(monkeypatch) -> None:
+    import sys
+
+    from spcl.inference.search import GalleryIndex
+    from spcl.neighbors import nearest_neighbors
+    from spcl.utils.optional import need_faiss, optional_faiss
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss now raises ImportError
+    assert optional_faiss() is None
+    with pytest.raises(ImportError, match=r"the thing needs faiss: pip install faiss-cpu .*; or do it"):
+        need_faiss("the thing", "do it exactly")
+    x = torch.randn(20, 8)
+    with pytest.raises(ImportError, match=r"knn_backend='faiss' needs faiss: .*knn_backend='torch'"):
+        nearest_neighbors(x, 5, backend="faiss")
+    with pytest.raises(ImportError, match=r"index 'ivf' needs faiss: .*--index exact"):
+        GalleryIndex(x, kind="ivf")
+    assert GalleryIndex(x, kind="auto").kind == "exact"
+
+
+def test_a_single_long_step_leaves_one_line_with_its_duration() -> None:
+    now = [0.0]
+    log = io.StringIO()
+    with stage("Jaccard: k-reciprocal sets", stream=log, clock=lambda: now[0]):
+        now[0] = 3.0
+    assert log.getvalue() == ""  # short: nothing in a log file
+    with stage("Jaccard: k-reciprocal sets", stream=log, clock=lambda: now[0]):
+        now[0] += 75.0
+    assert log.getvalue() == "Jaccard: k-reciprocal sets: 1m15s\n"
+    tty = _Terminal()
+    with stage("DBSCAN eps 0.6", stream=tty, clock=lambda: now[0]):
+        assert tty.getvalue() == "DBSCAN eps 0.6 ...\r"  # shown while it runs
+    assert tty.getvalue().endswith("\x1b[2K")
+    quiet = io.StringIO()
+    with pytest.raises(KeyError), stage("x", enabled=False, stream=quiet, clock=lambda: now[0]):
+        raise KeyError("errors pass through")
+    assert quiet.getvalue() == ""

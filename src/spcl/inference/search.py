@@ -33,19 +33,12 @@ import torch
 
 from spcl.evaluation import ImageSet, ranked_from_distances, ranked_gallery, re_rank
 from spcl.inference.images import ImageList
+from spcl.utils.optional import need_faiss, optional_faiss
 
 __all__ = ["INDEX_KINDS", "GalleryIndex", "Match", "QueryResult", "search_gallery", "to_rows", "to_text"]
 
 INDEX_KINDS = ("auto", "exact", "flat", "ivf")
 FAISS_FROM = 100_000  # index="auto": faiss's inverted file from this gallery size on, when installed
-
-
-def _faiss() -> Any:
-    try:
-        import faiss  # noqa: PLC0415 (optional dependency)
-    except ImportError:
-        return None
-    return faiss
 
 
 @dataclass
@@ -104,11 +97,11 @@ class GalleryIndex:
             raise ValueError(f"the gallery needs an N x d feature matrix with N >= 1, got shape {features.shape}")
         self.features = np.ascontiguousarray(features, dtype=np.float32)
         self.device = torch.device(device)
-        faiss = _faiss()
+        faiss = optional_faiss()
         if kind == "auto":
             kind = "ivf" if faiss is not None and len(features) >= FAISS_FROM else "exact"
-        if kind in ("flat", "ivf") and faiss is None:
-            raise ImportError(f"index {kind!r} needs faiss: pip install 'spcl[faiss]' (faiss-cpu), or use --index exact")
+        if kind in ("flat", "ivf"):
+            faiss = need_faiss(f"index {kind!r}", "use --index exact")
         self.kind = kind
         self.index: Any = None
         if kind == "flat":

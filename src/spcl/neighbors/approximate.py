@@ -30,6 +30,7 @@ import torch
 
 from spcl.neighbors.search import canonical_order, row_norms
 from spcl.utils.progress import progress
+from spcl.utils.optional import need_faiss
 
 __all__ = ["CellSearch", "cell_search", "unit_features_half", "require_faiss", "default_cells"]
 
@@ -40,14 +41,9 @@ _QUERIES = 2048  # query rows of a cell compared at a time
 
 def require_faiss() -> Any:
     """faiss, or an error that says how to install it (the approximate search trains its cells with it)."""
-    try:
-        import faiss  # noqa: PLC0415 (optional dependency)
-    except ImportError as error:
-        raise ImportError(
-            "the approximate neighbour search needs faiss: pip install faiss-cpu (or faiss-gpu), or "
-            "pip install 'spcl[faiss]'; or search exactly with neighbors='exact' (pseudo.neighbors exact)"
-        ) from error
-    return faiss
+    return need_faiss(
+        "the approximate neighbour search", "search exactly with neighbors='exact' (pseudo.neighbors exact)"
+    )
 
 
 def default_cells(n: int) -> int:

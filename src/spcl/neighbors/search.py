@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from spcl.utils.optional import need_faiss
+
 __all__ = [
     "as_unit_features",
     "nearest_neighbors",
@@ -171,13 +173,7 @@ def symmetric_search(
 
 
 def _faiss_search(features: torch.Tensor, k: int, index_spec: str) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        import faiss  # noqa: PLC0415 (optional dependency, imported only when asked for)
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "knn_backend='faiss' needs the faiss package: pip install 'spcl[faiss]' (faiss-cpu), "
-            "or use knn_backend='torch'"
-        ) from error
+    faiss = need_faiss("knn_backend='faiss'", "use knn_backend='torch'")
     x = np.ascontiguousarray(features.detach().cpu().numpy().astype(np.float32))
     n, dim = x.shape
     index = faiss.index_factory(dim, index_spec, faiss.METRIC_INNER_PRODUCT)

@@ -26,6 +26,8 @@ from spcl.pseudo_labels.clustering import check_radii, cluster_three_radii
 from spcl.pseudo_labels.jaccard import jaccard_from_neighbors
 from spcl.pseudo_labels.reliability import cluster_reliability, independence_threshold, self_paced_labels
 from spcl.utils import check_memory
+from spcl.utils.progress import stage
+from spcl.utils.optional import FAISS_INSTALL, optional_faiss
 
 __all__ = ["PseudoLabels", "generate", "generate_with", "labels_from_jaccard", "resolve_neighbors", "EXACT_UP_TO"]
 
@@ -92,6 +94,7 @@ def labels_from_jaccard(
     alpha: float | None = None,
     *,
     self_paced: bool = True,
+    show_progress: bool = False,
 ) -> PseudoLabels:
     """Steps 2 to 4 of SPEC section 6 on a Jaccard distance: sparse as ``jaccard_distance`` returns
     it (absent pairs at distance 1), or a dense N x N array.
@@ -99,16 +102,19 @@ def labels_from_jaccard(
     DBSCAN at eps - gap, eps and eps + gap, the reliability criterion with ``alpha`` (computed
     here when None and a multi-member cluster exists), and the re-indexing. ``self_paced=False``
     is the paper's ablation: every DBSCAN cluster is kept whole and alpha is left as given.
+    ``show_progress`` tells the steps that run long (DBSCAN at 10^6 points).
     """
     check_radii(eps, eps_gap)
     _check_settings(1, 1, min_samples, alpha)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    labels, tight, loose = cluster_three_radii(distances, eps, eps_gap, min_samples)
+    with stage(f"pseudo labels: DBSCAN at eps {eps:g} +- {eps_gap:g}", enabled=show_progress):
+        labels, tight, loose = cluster_three_radii(distances, eps, eps_gap, min_samples)
     timings["dbscan"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    reliability = cluster_reliability(labels, tight, loose)
+    with stage("pseudo labels: cluster reliability", enabled=show_progress):
+        reliability = cluster_reliability(labels, tight, loose)
     threshold = None if alpha is None else 1.0 - alpha
     alpha_computed = False
     if threshold is None and self_paced:
@@ -165,12 +171,10 @@ def resolve_neighbors(neighbors: str, n: int, exact_up_to: int = EXACT_UP_TO) ->
         return neighbors
     if n <= exact_up_to:
         return "exact"
-    try:
-        import faiss  # noqa: F401, PLC0415 (optional dependency)
-    except ImportError:
+    if optional_faiss() is None:
         warnings.warn(
             f"{n} features are more than the {exact_up_to} that are searched exactly by default, but faiss is "
-            "not installed, so the search stays exact (N^2 work: slow at this size). pip install faiss-cpu "
+            f"not installed, so the search stays exact (N^2 work: slow at this size). {FAISS_INSTALL} "
             "to search approximately, or set neighbors='exact' to silence this.",
             stacklevel=3,
         )
@@ -257,7 +261,9 @@ def generate_with(
     del ranks, unit, similarities
     jaccard_seconds = time.perf_counter() - clock
 
-    result = labels_from_jaccard(distances, s.eps, s.eps_gap, s.min_samples, alpha, self_paced=s.self_paced)
+    result = labels_from_jaccard(
+        distances, s.eps, s.eps_gap, s.min_samples, alpha, self_paced=s.self_paced, show_progress=show_progress
+    )
     return replace(
         result, timings={"knn": knn_seconds, "jaccard": jaccard_seconds, **result.timings}, neighbors=search
     )

@@ -22,6 +22,7 @@ from spcl.neighbors.kreciprocal import (
     upper_min_overlap,
 )
 from spcl.neighbors.search import as_unit_features, pair_similarities, search_unit
+from spcl.utils.progress import stage
 
 __all__ = ["jaccard_distance", "jaccard_from_neighbors"]
 
@@ -41,11 +42,15 @@ def jaccard_from_neighbors(
     n = ranks.shape[0]
     forward = min(k1 + 1, k1)  # the reference searches k1 neighbours: F(i, k1) has k1 entries
     half = min(half_k(k1) + 1, k1)
-    pattern = k_reciprocal_sets(ranks, forward, half)
+    with stage("Jaccard distance: k-reciprocal sets", enabled=show_progress):
+        pattern = k_reciprocal_sets(ranks, forward, half)
     known = None if similarities is None else (ranks, similarities)
-    sims = pair_similarities(unit_features, pattern.indptr, pattern.indices, known)
-    weights = encoding_weights(pattern, 2.0 - 2.0 * sims.astype(np.float64))
-    weights = query_expansion(weights, ranks, k2)
+    with stage("Jaccard distance: similarities of the set members", enabled=show_progress):
+        sims = pair_similarities(unit_features, pattern.indptr, pattern.indices, known)
+    with stage("Jaccard distance: encoding and query expansion", enabled=show_progress):
+        weights = encoding_weights(pattern, 2.0 - 2.0 * sims.astype(np.float64))
+        del sims, pattern
+        weights = query_expansion(weights, ranks, k2)
     index_dtype = np.int32 if n < np.iinfo(np.int32).max else np.int64
     rows_out, cols_out, values_out = [], [], []
     for rows, cols, shared, union in upper_min_overlap(weights, show_progress):
@@ -56,20 +61,19 @@ def jaccard_from_neighbors(
         cols_out.append(cols.astype(index_dtype))
         values_out.append(distance.astype(np.float32))
     del weights
-    # Mirror the upper triangle; a COO -> CSR conversion is a counting sort by row, keeps explicit
-    # zeros, and the arrays are released as soon as they are consumed to keep the peak low.
-    rows, cols = np.concatenate(rows_out), np.concatenate(cols_out)
-    values = np.concatenate(values_out)
-    del rows_out, cols_out, values_out
-    off = rows != cols
-    coo = sp.coo_matrix(
-        (np.concatenate([values, values[off]]), (np.concatenate([rows, cols[off]]), np.concatenate([cols, rows[off]]))),
-        shape=(n, n),
-    )
-    del rows, cols, values, off
-    matrix = sp.csr_matrix(coo)
-    del coo
-    matrix.sort_indices()
+    with stage("Jaccard distance: the symmetric sparse matrix", enabled=show_progress):
+        # Mirror the upper triangle; a COO -> CSR conversion is a counting sort by row, keeps explicit
+        # zeros, and the arrays are released as soon as they are consumed to keep the peak low.
+        rows, cols = np.concatenate(rows_out), np.concatenate(cols_out)
+        values = np.concatenate(values_out)
+        del rows_out, cols_out, values_out
+        off = rows != cols
+        mirrored = (np.concatenate([rows, cols[off]]), np.concatenate([cols, rows[off]]))
+        coo = sp.coo_matrix((np.concatenate([values, values[off]]), mirrored), shape=(n, n))
+        del rows, cols, values, off, mirrored
+        matrix = sp.csr_matrix(coo)
+        del coo
+        matrix.sort_indices()
     return matrix
 
 

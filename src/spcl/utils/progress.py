@@ -11,16 +11,20 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, TextIO, TypeVar
 
 from tqdm import tqdm
 
-__all__ = ["Progress", "progress"]
+__all__ = ["Progress", "progress", "stage"]
 
 T = TypeVar("T")
 
 LOG_INTERVAL = 120.0
 """Seconds between two lines of a long phase when the output is a file."""
+
+STAGE_NOTE = 10.0
+"""A single step (one library call, no loop to count) that lasts this long gets a line of its own."""
 
 
 def _duration(seconds: float) -> str:
@@ -110,3 +114,39 @@ def progress(
     if isatty is not None and isatty():
         return tqdm(iterable, desc=desc, total=total, leave=False, file=stream, dynamic_ncols=True)
     return Progress(iterable, desc, total, stream)
+
+
+@contextmanager
+def stage(
+    desc: str,
+    *,
+    enabled: bool = True,
+    stream: TextIO | None = None,
+    note: float = STAGE_NOTE,
+    clock: Callable[[], float] = time.monotonic,
+) -> Iterator[None]:
+    """A step that cannot count its own progress (one sparse product, one DBSCAN), told as it runs.
+
+    A terminal sees ``desc ...`` while the step runs; a step that takes ``note`` seconds or more
+    leaves one line with its duration (in a log file too), so a long run says where its time went
+    and a short one writes nothing.
+    """
+    stream = sys.stderr if stream is None else stream
+    if not enabled:
+        yield
+        return
+    isatty = getattr(stream, "isatty", None)
+    terminal = bool(isatty is not None and isatty())
+    if terminal:
+        stream.write(f"{desc} ...\r")
+        stream.flush()
+    start = clock()
+    try:
+        yield
+    finally:
+        elapsed = clock() - start
+        if terminal:
+            stream.write("\x1b[2K")  # clear the transient line
+        if elapsed >= note:
+            stream.write(f"{desc}: {_duration(elapsed)}\n")
+        stream.flush()
