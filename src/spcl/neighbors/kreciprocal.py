@@ -255,7 +255,7 @@ def upper_min_overlap(
     starts = permuted.indptr[:-1]
     row_work = np.add.reduceat(partners, starts)
     # Partners of row i lie in [i, reach_i] (the last row of a column is its largest); in the
-    # sharing order reach_i - i is small, so each accumulator row covers only that band.
+    # sharing order reach_i - i is mostly small, and a block's keys are offsets in that band.
     row_band = np.maximum.reduceat(col_rows[col_end - 1], starts) - np.arange(n) + 1
     row_sums = _row_sums(permuted)
     blocks = list(_row_blocks(row_work))
