@@ -261,7 +261,6 @@ def worker_large(n: int, dim: int, seed: int, search: str, probe: int, out_dir: 
 
     out = Path(out_dir)
     np.save(out / f"labels_{search}_{n}.npy", result.labels)
-    np.save(out / f"dbscan_{search}_{n}.npy", result.dbscan_labels)
     if n <= 200_000:
         np.save(out / f"ranks_{search}_{n}.npy", ranks)
     return {

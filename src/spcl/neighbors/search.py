@@ -270,11 +270,10 @@ def pair_similarities(
 _PAIR_CHUNK = 16384  # pairs multiplied at a time by the low-precision path (64 MiB of float16 rows at d = 2048)
 
 
-def _known_positions(indptr: np.ndarray, indices: np.ndarray, ranks: np.ndarray) -> np.ndarray:
-    """For each pair (row, indices[...]) in CSR order, its flat position in ``ranks`` (the neighbour
-    lists), or -1 when the column is not among the row's neighbours. One sorted search, O(pairs log)."""
+def _known_positions(rows: np.ndarray, indices: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+    """For each pair (rows[...], indices[...]), its flat position in ``ranks`` (the neighbour lists),
+    or -1 when the column is not among the row's neighbours. One sorted search, O(pairs log)."""
     n, k = ranks.shape
-    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
     wanted = rows * n + np.asarray(indices, dtype=np.int64)
     order = np.argsort(ranks, axis=1, kind="stable")
     listed = (np.arange(n, dtype=np.int64)[:, None] * n + np.take_along_axis(ranks, order, axis=1)).ravel()
@@ -294,15 +293,15 @@ def _pair_similarities_blocked(
     chunk of pairs at a time, so neither F in float32 nor all the gathered rows exist at once.
     """
     out = np.empty(indices.shape[0], dtype=np.float32)
+    rows_all = np.repeat(np.arange(indptr.shape[0] - 1, dtype=np.int64), np.diff(indptr))
     todo = np.arange(indices.shape[0])
     if known is not None:
         ranks, values = known
-        position = _known_positions(indptr, indices, ranks)
+        position = _known_positions(rows_all, indices, ranks)
         found = position >= 0
         out[found] = np.asarray(values, dtype=np.float32).ravel()[position[found]]
         todo = np.flatnonzero(~found)
     if todo.shape[0]:
-        rows_all = np.repeat(np.arange(indptr.shape[0] - 1, dtype=np.int64), np.diff(indptr))
         device = features.device
         for a in range(0, todo.shape[0], _PAIR_CHUNK):
             chunk = todo[a : a + _PAIR_CHUNK]

@@ -83,6 +83,12 @@ class Progress(Iterable[T]):
         return ", ".join(parts)
 
 
+def _is_terminal(stream: TextIO) -> bool:
+    """Whether ``stream`` redraws a line in place (a bar), rather than keeping every write (a log)."""
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty is not None and isatty())
+
+
 class _Silent(Iterable[T]):
     def __init__(self, iterable: Iterable[T]) -> None:
         self.iterable = iterable
@@ -110,8 +116,7 @@ def progress(
     stream = sys.stderr if stream is None else stream
     if not enabled:
         return _Silent(iterable)
-    isatty = getattr(stream, "isatty", None)
-    if isatty is not None and isatty():
+    if _is_terminal(stream):
         return tqdm(iterable, desc=desc, total=total, leave=False, file=stream, dynamic_ncols=True)
     return Progress(iterable, desc, total, stream)
 
@@ -135,8 +140,7 @@ def stage(
     if not enabled:
         yield
         return
-    isatty = getattr(stream, "isatty", None)
-    terminal = bool(isatty is not None and isatty())
+    terminal = _is_terminal(stream)
     if terminal:
         stream.write(f"{desc} ...\r")
         stream.flush()
