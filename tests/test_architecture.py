@@ -21,8 +21,10 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("spcl.models",),
     ("spcl.memory", "spcl.pseudo_labels"),
     ("spcl.evaluation",),
-    ("spcl.training",),
-    ("spcl.inference", "spcl.demo"),  # using a trained model; the CPU demo
+    # training and using a trained model side by side: neither imports the other (the model tools
+    # read checkpoints through spcl.models, so they never load the trainer)
+    ("spcl.training", "spcl.inference"),
+    ("spcl.demo",),  # the CPU demo
     ("spcl.cli",),  # the command line
     ("spcl.__main__", "spcl"),  # ``python -m spcl``; ``spcl`` itself is the package's facade
 )

@@ -11,7 +11,7 @@ from spcl.config import Config, ConfigError, leaf_fields, list_presets, load_con
 def test_defaults_are_the_reference_hyper_parameters() -> None:
     c = Config(mode="usl")
     assert (c.optim.lr, c.optim.weight_decay, c.optim.epochs, c.optim.step_size) == (3.5e-4, 5e-4, 50, 20)
-    assert (c.memory.temp, c.memory.momentum) == (0.05, 0.2)
+    assert c.memory.kind == "hybrid" and (c.memory.temp, c.memory.momentum) == (None, None)  # the method's own
     assert (c.pseudo.eps, c.pseudo.eps_gap, c.pseudo.k1, c.pseudo.k2, c.pseudo.min_samples) == (0.6, 0.02, 30, 6, 4)
     assert (c.optim.batch_size, c.data.num_instances, c.model.images_per_bn) == (64, 4, 16)
 
@@ -65,15 +65,35 @@ def test_every_field_has_a_flag_and_aliases_map_to_fields() -> None:
     assert (c.data.source, c.data.target, c.optim.lr, c.model.dsbn, c.pseudo.k1) == ("personx", "market1501", 0.001, False, 20)
 
 
-def test_camera_aware_proxies_belong_to_the_cluster_memory() -> None:
-    with pytest.raises(ConfigError, match="memory.camera_aware must be false with memory.kind hybrid"):
-        load_config(overrides={"mode": "usl", "memory.camera_aware": True})
-    assert load_config(overrides={"mode": "usl", "memory.kind": "cluster", "memory.camera_aware": True}).memory.camera_aware
+def test_the_earlier_camera_aware_switch_loads_as_kind_cap(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="spcl.config"):
+        c = load_config(overrides={"mode": "usl", "memory.kind": "cluster", "memory.camera_aware": True})
+    assert c.memory.kind == "cap"
+    assert [r.getMessage() for r in caplog.records] == ["note: memory.camera_aware: true is now written memory.kind: cap (read as such)"]
+    assert load_config(overrides={"mode": "usl", "memory.camera_aware": False}).memory.kind == "hybrid"
+
+
+def test_schedule_settings_are_checked_and_milestones_read_from_text_or_lists(tmp_path) -> None:
+    assert load_config(overrides={"mode": "usl", "optim.milestones": "20,40"}).optim.milestones == (20, 40)
+    assert load_config(overrides={"mode": "usl", "optim.milestones": [20, 40]}).optim.milestones == (20, 40)
+    assert load_config(overrides={"mode": "usl", "optim.milestones": "[20, 40]"}).optim.milestones == (20, 40)
+    for empty in ("", "()", "[]", "none"):
+        assert load_config(overrides={"mode": "usl", "optim.milestones": empty}).optim.milestones == ()
+    c = load_config("usl_market1501_cap")
+    assert c.optim.milestones == (20, 40) and c.optim.warmup_epochs == 10 and c.memory.kind == "cap"
+    c.save(tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == c
+    with pytest.raises(ConfigError, match="optim.milestones must be increasing"):
+        load_config(overrides={"mode": "usl", "optim.milestones": "40,20"})
+    with pytest.raises(ConfigError, match="optim.milestones must be int"):
+        load_config(overrides={"mode": "usl", "optim.milestones": "twenty"})
+    with pytest.raises(ConfigError, match="optim.warmup_factor"):
+        load_config(overrides={"mode": "usl", "optim.warmup_factor": 0})
+    with pytest.raises(ConfigError, match="optim.optimizer must be one of"):
+        load_config(overrides={"mode": "usl", "optim.optimizer": "rmsprop"})
 
 
 def test_large_target_settings() -> None:
-    with pytest.raises(ConfigError, match="memory.precision must be float32 with memory.kind cluster"):
-        load_config(overrides={"mode": "usl", "memory.kind": "cluster", "memory.precision": "float16"})
     with pytest.raises(ConfigError, match="pseudo.neighbors"):
         load_config(overrides={"mode": "usl", "pseudo.neighbors": "fast"})
     with pytest.raises(ConfigError, match="pseudo.approx_probe"):

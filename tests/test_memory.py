@@ -239,7 +239,9 @@ def test_loss_terms_are_the_two_means() -> None:
     g = torch.Generator().manual_seed(9)
     memory = _memory()
     feats, slots = _batch(memory, g, [0, 2], [1, 4, 9])
-    source, target = memory.loss_terms(feats, slots)
+    terms = memory.loss_terms(feats, slots)
+    assert list(terms) == ["source", "target"]
+    source, target = terms["source"], terms["target"]
     torch.testing.assert_close(source, memory.loss(feats[:2], slots[:2]))
     torch.testing.assert_close(target, memory.loss(feats[2:], slots[2:]))
     torch.testing.assert_close(source + target, memory.loss(feats, slots))

@@ -93,9 +93,10 @@ def test_target_loss_and_gradient_match_the_slow_reference(inter: bool, negative
     samples = [0, 1, 2, 4, 5, 9, 10, 11, 13]
     proxies = [own[i] for i in samples]
     x = batch.clone().requires_grad_(True)
-    source, target = memory.loss_terms(x, memory.target_slots(samples))
+    terms = memory.loss_terms(x, memory.target_slots(samples))
+    assert list(terms) == ["intra", "inter"]  # USL: no source term
+    target = terms["intra"] + terms["inter"]
     target.backward()
-    assert source.item() == 0.0
     y = batch.double().clone().requires_grad_(True)
     expected = SlowCAP(memory.features, pairs, 0.07, negatives, 0.5, inter).loss(y, proxies)
     expected.backward()
@@ -107,9 +108,10 @@ def test_uda_source_term_is_the_cross_entropy_over_every_slot() -> None:
     memory, _ = _memory(num_source=3)
     batch = F.normalize(torch.randn(4, D, generator=torch.Generator().manual_seed(6)), dim=1)
     slots = torch.tensor([0, 2, 2, 1])
-    source, target = memory.loss_terms(batch, slots)
+    terms = memory.loss_terms(batch, slots)
     expected = F.cross_entropy(batch @ memory.features.T / memory.temp, slots)
-    assert source.item() == pytest.approx(expected.item(), abs=1e-6) and target.item() == 0.0
+    assert terms["source"].item() == pytest.approx(expected.item(), abs=1e-6)
+    assert terms["intra"].item() == 0.0 and terms["inter"].item() == 0.0
 
 
 def test_update_pulls_each_samples_own_proxy_in_batch_order() -> None:
@@ -146,5 +148,6 @@ def test_slices_of_a_global_batch_average_to_the_whole_batchs_loss() -> None:
     slots = torch.cat([torch.tensor([0, 1]), memory.target_slots([0, 1, 2, 4, 5, 9])])
     whole = memory.loss_terms(batch, slots)
     halves = [memory.loss_terms(batch[i::2], slots[i::2], batch_slots=slots) for i in (0, 1)]
-    for term in (0, 1):
+    assert list(whole) == ["source", "intra", "inter"]
+    for term in whole:
         assert (halves[0][term] + halves[1][term]).item() / 2 == pytest.approx(whole[term].item(), rel=1e-6)

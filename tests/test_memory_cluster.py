@@ -107,13 +107,14 @@ def test_uda_loss_is_the_source_mean_plus_the_target_mean() -> None:
     memory.features.copy_(_unit(s + clusters, D, seed=2))
     batch = _unit(8, D, seed=3)
     slots = torch.tensor([0, 2, 1, 1, 3, 6, 4, 5])  # four source samples, four target samples
-    source, target = memory.loss_terms(batch, slots)
+    terms = memory.loss_terms(batch, slots)
+    source, target = terms["source"], terms["target"]
     nll = F.cross_entropy(batch @ memory.features.T / 0.05, slots, reduction="none")
     assert source.item() == pytest.approx(nll[:4].mean().item(), abs=1e-6)
     assert target.item() == pytest.approx(nll[4:].mean().item(), abs=1e-6)
     assert memory.loss(batch, slots).item() == pytest.approx((source + target).item(), abs=1e-6)
     only_target = memory.loss_terms(batch[4:], slots[4:])
-    assert only_target[0].item() == 0.0
+    assert only_target["source"].item() == 0.0
 
 
 def test_set_clusters_gives_one_normalised_mean_per_cluster_and_drops_outliers() -> None:

@@ -44,7 +44,8 @@ def test_uda_runs_logs_and_checkpoints(data_root: Path, tmp_path: Path) -> None:
     assert (out / "eval-epoch2" / "per_query.csv").is_file()
     assert len(trainer.history) == 2
     for entry in trainer.history:
-        assert np.isfinite(entry.loss) and np.isfinite(entry.loss_source) and np.isfinite(entry.loss_target)
+        assert np.isfinite(entry.loss) and set(entry.losses) == {"source", "target"}
+        assert entry.loss == pytest.approx(sum(entry.losses.values()), rel=1e-5) and all(map(np.isfinite, entry.losses.values()))
         assert 0.0 <= entry.eval["mAP"] <= 1.0
         assert {"pair_precision", "pair_recall", "nmi"} <= set(entry.quality)
     state = load_checkpoint(out / "last.pth")
@@ -236,7 +237,7 @@ def test_a_finished_run_run_again_returns_its_history_and_rebuilds_metrics(data_
     again = _run(_config(data_root, out, "usl"))
     assert [e.eval["mAP"] for e in again.history] == [e.eval["mAP"] for e in first.history]
     rows = (out / "metrics.csv").read_text().splitlines()
-    assert len(rows) == 3 and rows[0].startswith("epoch,loss,loss_source")
+    assert len(rows) == 3 and rows[0].startswith("epoch,loss,loss_target,")  # USL: no source term
 
 
 def test_a_full_disk_names_the_file_and_keeps_the_checkpoint(data_root: Path, tmp_path: Path, monkeypatch) -> None:
@@ -373,13 +374,16 @@ def test_float16_memory_and_approximate_neighbours_train_and_resume_bit_identica
 
 @pytest.mark.parametrize("mode", ["usl", "uda"])
 def test_camera_aware_proxies_train_and_resume_bit_identical(data_root: Path, tmp_path: Path, mode: str) -> None:
-    extra = {"memory.kind": "cluster", "memory.camera_aware": True, "memory.temp": 0.07, "memory.inter_camera_from": 1,
-             "memory.negatives": 5, "eval.every": 0, "optim.epochs": 3}
+    extra = {"memory.kind": "cap", "memory.inter_camera_from": 1, "memory.negatives": 5, "eval.every": 0,
+             "optim.epochs": 3}
     full = _three_epochs_and_a_resume(data_root, tmp_path, mode, extra,
                                       ("features", "assignment", "proxy_cluster", "proxy_camera"))
     memory = full.memory
-    assert memory.kind == "camera" and memory.inter_camera  # on from the second epoch
+    assert memory.kind == "cap" and memory.inter_camera and memory.temp == 0.07  # on from the second epoch
     assert all(np.isfinite(e.loss) for e in full.history)
+    expected = ["intra", "inter"] if mode == "usl" else ["source", "intra", "inter"]
+    assert all(list(e.losses) == expected for e in full.history)
+    assert full.history[0].losses["inter"] == 0.0 and full.history[-1].losses["inter"] > 0
     # every proxy is one (cluster, camera) pair of the epoch's clusters; the sampler draws proxies
     labels, cams = full.target_labels, memory.target_cameras.numpy()
     pairs = {(int(l), int(c)) for l, c in zip(labels, cams) if l >= 0}
@@ -388,6 +392,25 @@ def test_camera_aware_proxies_train_and_resume_bit_identical(data_root: Path, tm
     sampled = full._make_loaders()["target"].sampler
     drawn = [proxies[index] for index, _seed in iter(sampled)]
     assert min(drawn) >= 0 and len(set(drawn)) > memory.num_clusters  # proxies, more of them than clusters
+
+
+def test_a_subclass_registered_under_a_new_name_trains_without_other_change(data_root: Path, tmp_path: Path) -> None:
+    from spcl.memory import CameraAwareMemory, register_memory
+
+    @register_memory("test-training-cap-variant")
+    class Variant(CameraAwareMemory):
+        """CAP without its intra-camera term: one method overridden, nothing else written."""
+
+        def _intra(self, logits: torch.Tensor, proxy: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
+            return logits.new_zeros(proxy.shape)
+
+    trainer = _run(_config(data_root, tmp_path / "variant", "usl", **{"memory.kind": "test-training-cap-variant",
+                                                                       "memory.inter_camera_from": 0,
+                                                                       "optim.epochs": 1, "eval.every": 0}))
+    assert type(trainer.memory) is Variant and trainer.memory.temp == 0.07  # CAP's constructor and defaults
+    losses = trainer.history[0].losses
+    assert list(losses) == ["intra", "inter"] and losses["intra"] == 0.0 and losses["inter"] > 0
+    assert load_checkpoint(tmp_path / "variant" / "last.pth")["memory"]["_extra_state"]["kind"] == "test-training-cap-variant"
 
 
 def test_camera_aware_proxies_need_cameras(tmp_path: Path) -> None:
@@ -401,8 +424,8 @@ def test_camera_aware_proxies_need_cameras(tmp_path: Path) -> None:
         rows.append(f"{i}.png,{['train', 'query', 'gallery'][i % 3]},{i % 4},")
     (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
     config = _config(tmp_path, tmp_path / "run", "usl", **{"data.target": str(folder / "manifest.csv"),
-                                                          "memory.kind": "cluster", "memory.camera_aware": True})
-    with pytest.raises(ValueError, match="needs the camera of every target training image"):
+                                                          "memory.kind": "cap"})
+    with pytest.raises(ValueError, match="memory.kind cap needs the camera of every target training image"):
         Trainer(config, log=lambda _: None, progress=False)
 
 
@@ -451,7 +474,7 @@ trainer.fit()
 entry = trainer.history[-1]
 print(json.dumps({
     "amp": str(trainer.amp_dtype), "channels_last": trainer.channels_last, "conv1": sorted(set(seen)),
-    "encoder_output": sorted(set(outputs)), "losses": [entry.loss, entry.loss_source, entry.loss_target],
+    "encoder_output": sorted(set(outputs)), "losses": [entry.loss, *entry.losses.values()],
     "memory": str(trainer.memory.features.dtype),
     "norm_error": float((trainer.memory.features.norm(dim=1) - 1).abs().max()),
     "scaler": "scaler" in trainer.checkpointables(), "kernels": torch.backends.cpu.get_cpu_capability(),

@@ -8,6 +8,7 @@ command line (``--optim.lr 0.00035`` or a short alias such as ``--lr``), or from
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import types
 import typing
@@ -91,29 +92,35 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class MemoryConfig:
-    kind: Literal["hybrid", "cluster"] = "hybrid"
-    """'hybrid': SpCL (source centroids, target instances, self-paced clusters); 'cluster': Cluster
-    Contrast (one slot per cluster, set each epoch from fresh features; outliers leave training)."""
-    temp: float = 0.05
-    momentum: float = 0.2
-    """The update's momentum: 0.2 in SpCL, 0.1 in Cluster Contrast's scripts (its presets say so)."""
-    source_update: Literal["sample", "mean"] = "sample"
-    """'sample': each sample pulls its class centroid in turn (reference); 'mean': once per class (paper)."""
-    cluster_update: Literal["sample", "hard"] = "sample"
-    """kind 'cluster': 'sample' = every batch sample pulls its slot in batch order; 'hard' = each slot
-    of the batch is pulled once, by its batch sample least similar to it (Cluster Contrast's use_hard)."""
-    camera_aware: bool = False
-    """kind 'cluster': one proxy per (cluster, camera) with CAP's intra- and inter-camera terms, and
-    proxy-balanced sampling (``spcl.memory.camera``); needs the camera of every target image."""
-    negatives: int = 50
-    """camera_aware: the hardest other-cluster proxies of the inter-camera term (CAP: 50)."""
-    inter_camera_weight: float = 0.5
-    """camera_aware: weight of the inter-camera term (CAP: 0.5)."""
-    inter_camera_from: int = 5
-    """camera_aware: first epoch (counted from 0) with the inter-camera term (CAP: 5)."""
-    precision: Literal["float32", "float16", "bfloat16"] = "float32"
-    """kind 'hybrid': how the slots are stored. float16 halves a memory of 10^6 target instances
-    (8 -> 4 GiB at d = 2048); the loss and the update still compute in float32."""
+    """The method: ``kind`` names a registered memory class (``spcl.memory.registered_memories()``),
+    and the other fields are its hyper-parameters. A field left empty (None) takes the method's own
+    default, written once in the memory class (its constructor); a field the method does not read
+    stays empty in the run's saved config."""
+
+    kind: str = "hybrid"
+    """The method: 'hybrid' (SpCL: source centroids, target instances, self-paced clusters),
+    'cluster' (Cluster Contrast: one slot per cluster, set each epoch from fresh features; outliers
+    leave training), 'cap' (camera-aware proxies: one per cluster and camera, CAP's intra- and
+    inter-camera terms), or any kind registered with ``spcl.memory.register_memory``."""
+    temp: float | None = None
+    """Softmax temperature (hybrid, cluster: 0.05; cap: 0.07)."""
+    momentum: float | None = None
+    """The update's momentum (hybrid 0.2, cluster 0.1 as in Cluster Contrast's scripts, cap 0.2)."""
+    source_update: Literal["sample", "mean"] | None = None
+    """hybrid: 'sample' = each sample pulls its class centroid in turn (reference, default); 'mean' =
+    once per class (paper)."""
+    cluster_update: Literal["sample", "hard"] | None = None
+    """cluster: 'sample' (default) = every batch sample pulls its slot in batch order; 'hard' = each
+    slot of the batch is pulled once, by its batch sample least similar to it (Cluster Contrast's use_hard)."""
+    negatives: int | None = None
+    """cap: the hardest other-cluster proxies of the inter-camera term (50)."""
+    inter_camera_weight: float | None = None
+    """cap: weight of the inter-camera term (0.5)."""
+    inter_camera_from: int | None = None
+    """cap: first epoch (counted from 0) with the inter-camera term (5)."""
+    precision: Literal["float32", "float16", "bfloat16"] | None = None
+    """hybrid: how the slots are stored (float32 by default). float16 halves a memory of 10^6 target
+    instances (8 -> 4 GiB at d = 2048); the loss and the update still compute in float32."""
 
 
 @dataclass(frozen=True)
@@ -152,7 +159,20 @@ class OptimConfig:
     iters: int = 0
     """Iterations an epoch; 0 = the reference rule (800 when the target is MSMT17 or a vehicle set, else 400)."""
     step_size: int = 20
+    """The learning rate is multiplied by ``gamma`` every this many epochs (unless ``milestones`` is set)."""
     gamma: float = 0.1
+    milestones: tuple[int, ...] = ()
+    """Epochs (counted from 0) at which the learning rate is multiplied by ``gamma`` (CAP, O2CAP: 20, 40);
+    empty: every ``step_size`` epochs. On the command line: ``--optim.milestones 20,40``."""
+    warmup_epochs: int = 0
+    """Epochs of linear learning-rate warm-up (CAP, O2CAP: 10): epoch e < warmup_epochs trains at
+    lr x (warmup_factor (1 - e / warmup_epochs) + e / warmup_epochs)."""
+    warmup_factor: float = 0.01
+    """The warm-up's starting fraction of the learning rate (CAP, O2CAP: 0.01)."""
+    optimizer: Literal["adam", "sgd"] = "adam"
+    """Adam (the reference's; L2 weight decay added to the gradient) or SGD with momentum."""
+    sgd_momentum: float = 0.9
+    """optimizer sgd: its momentum."""
     batch_size: int = 64
     """Images per domain in a batch (64 source + 64 target in UDA)."""
 
@@ -240,15 +260,14 @@ class Config:
             ("model.dropout", m.dropout, 0.0 <= m.dropout < 1.0, "in [0, 1)"),
             ("model.images_per_bn", m.images_per_bn, m.images_per_bn == 0 or m.images_per_bn >= 2,
              "0 (the whole batch) or at least 2 (BatchNorm needs two images)"),
-            ("memory.temp", mem.temp, mem.temp > 0, "> 0"),
-            ("memory.momentum", mem.momentum, 0.0 <= mem.momentum < 1.0, "in [0, 1)"),
-            ("memory.negatives", mem.negatives, mem.negatives >= 1, ">= 1"),
-            ("memory.inter_camera_weight", mem.inter_camera_weight, mem.inter_camera_weight >= 0, ">= 0"),
-            ("memory.inter_camera_from", mem.inter_camera_from, mem.inter_camera_from >= 0, ">= 0 (an epoch)"),
-            ("memory.camera_aware", mem.camera_aware, not mem.camera_aware or mem.kind == "cluster",
-             "false with memory.kind hybrid (camera-aware proxies split the clusters of the cluster memory)"),
-            ("memory.precision", mem.precision, mem.precision == "float32" or mem.kind == "hybrid",
-             "float32 with memory.kind cluster (its few cluster slots gain nothing from a lower precision)"),
+            ("memory.kind", mem.kind, bool(mem.kind), "the name of a registered memory (hybrid, cluster, cap, ...)"),
+            ("memory.temp", mem.temp, mem.temp is None or mem.temp > 0, "> 0"),
+            ("memory.momentum", mem.momentum, mem.momentum is None or 0.0 <= mem.momentum < 1.0, "in [0, 1)"),
+            ("memory.negatives", mem.negatives, mem.negatives is None or mem.negatives >= 1, ">= 1"),
+            ("memory.inter_camera_weight", mem.inter_camera_weight,
+             mem.inter_camera_weight is None or mem.inter_camera_weight >= 0, ">= 0"),
+            ("memory.inter_camera_from", mem.inter_camera_from,
+             mem.inter_camera_from is None or mem.inter_camera_from >= 0, ">= 0 (an epoch)"),
             ("pseudo.eps", p.eps, 0.0 < p.eps < 1.0, "in (0, 1): a Jaccard distance"),
             ("pseudo.eps_gap", p.eps_gap, p.eps_gap >= 0, ">= 0"),
             ("pseudo.eps +- pseudo.eps_gap", f"{p.eps} +- {p.eps_gap}", 0.0 < p.eps - p.eps_gap and p.eps + p.eps_gap < 1.0,
@@ -265,6 +284,12 @@ class Config:
             ("optim.iters", o.iters, o.iters >= 0, ">= 0 (0: the reference's rule)"),
             ("optim.step_size", o.step_size, o.step_size >= 1, ">= 1 epoch"),
             ("optim.gamma", o.gamma, 0.0 < o.gamma <= 1.0, "in (0, 1]"),
+            ("optim.milestones", list(o.milestones),
+             all(m >= 1 for m in o.milestones) and list(o.milestones) == sorted(set(o.milestones)),
+             "increasing epochs >= 1 (e.g. 20,40)"),
+            ("optim.warmup_epochs", o.warmup_epochs, o.warmup_epochs >= 0, ">= 0 (0: no warm-up)"),
+            ("optim.warmup_factor", o.warmup_factor, 0.0 < o.warmup_factor <= 1.0, "in (0, 1]"),
+            ("optim.sgd_momentum", o.sgd_momentum, 0.0 <= o.sgd_momentum < 1.0, "in [0, 1)"),
             ("optim.batch_size", o.batch_size, o.batch_size >= 1, ">= 1"),
             ("eval.every", e.every, e.every >= 0, ">= 0 (0: after the last epoch only)"),
             ("eval.batch_size", e.batch_size, e.batch_size >= 1, ">= 1"),
@@ -291,10 +316,33 @@ class Config:
         return dotted(self.to_dict())
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return yaml.safe_dump(_plain(self.to_dict()), sort_keys=False)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_yaml())
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, which YAML writes plainly."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def upgrade_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """Settings of earlier versions, as this version spells them (configs and checkpoints of older runs
+    keep loading): ``memory.camera_aware: true`` is ``memory.kind: cap``."""
+    memory = values.get("memory")
+    if isinstance(memory, dict) and "camera_aware" in memory:
+        memory = dict(memory)
+        if _coerce(memory.pop("camera_aware"), bool, "memory.camera_aware"):
+            logging.getLogger(__name__).warning(
+                "note: memory.camera_aware: true is now written memory.kind: cap (read as such)")
+            memory["kind"] = "cap"
+        values = {**values, "memory": memory}
+    return values
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -311,6 +359,15 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
                 return None
         non_none = [a for a in args if a is not type(None)]
         return _coerce(value, non_none[0], key)
+    if origin is tuple:
+        if isinstance(value, str):  # "20,40", "20 40", "[20, 40]"; "", "()", "none": empty
+            text = value.strip().strip("()[]")
+            items = [] if text.lower() in ("", "none") else text.replace(",", " ").split()
+        else:
+            items = value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, e.g. 20,40 or [20, 40], got {value!r}")
+        return tuple(_coerce(item, args[0], key) for item in items)
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{key} must be one of {', '.join(map(str, args))}, got {value!r}")
@@ -409,7 +466,7 @@ def load_config(
     if overrides:
         values = _merge(values, _nest(overrides))
     try:
-        return _build(Config, values)
+        return _build(Config, upgrade_settings(values))
     except ConfigError as exc:
         if preset is None:
             raise

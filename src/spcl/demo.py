@@ -31,16 +31,14 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "SpCL w/o source data (USL)": ("usl", {}),
     "oracle (target labels)": ("oracle", {}),
 }
-# Cluster Contrast's memory with its scripts' momentum, camera-aware proxies with CAP's temperature
-# and momentum; everything else is the demo's setting
-_CLUSTER = {"memory.kind": "cluster", "memory.momentum": 0.1}
-_CAP = {"memory.kind": "cluster", "memory.camera_aware": True, "memory.temp": 0.07, "memory.momentum": 0.2}
+# Each method with its own hyper-parameters (the memory class's defaults); everything else is the
+# demo's setting
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "SpCL (USL)": ("usl", {}),
-    "Cluster Contrast (UDA)": ("uda", _CLUSTER),
-    "Cluster Contrast (USL)": ("usl", _CLUSTER),
-    "camera-aware proxies (UDA)": ("uda", _CAP),
-    "camera-aware proxies (USL)": ("usl", _CAP),
+    "Cluster Contrast (UDA)": ("uda", {"memory.kind": "cluster"}),
+    "Cluster Contrast (USL)": ("usl", {"memory.kind": "cluster"}),
+    "camera-aware proxies (UDA)": ("uda", {"memory.kind": "cap"}),
+    "camera-aware proxies (USL)": ("usl", {"memory.kind": "cap"}),
 }
 
 

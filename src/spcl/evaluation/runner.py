@@ -5,7 +5,7 @@ Market-1501 family, or the VehicleID draws (a dataset with a ``test`` list: one 
 identity, averaged over 10 seeded draws). The results are written next to the run (one row per
 query, or one per draw) and formatted as one log line.
 
-Opening a checkpoint file is not done here: ``spcl.training.load_model`` rebuilds the encoder a
+Opening a checkpoint file is not done here: ``spcl.models.load_model`` rebuilds the encoder a
 checkpoint describes, with the preprocessing it records; ``spcl.inference.evaluate_checkpoint``
 chains the two.
 """

@@ -1,8 +1,8 @@
 """Using a trained model: features of new images, gallery search, ranked-list pictures, a report
 of the run, ONNX export, and evaluating a checkpoint on any dataset.
 
-Sits above training: it opens checkpoints (``spcl.training.load_model``) and hands the encoder
-they describe to the library below (``spcl.evaluation``). Modules: ``extractor``
+Sits beside training, never above it: it opens checkpoints (``spcl.models.load_model``) and hands
+the encoder they describe to the library below (``spcl.evaluation``). Modules: ``extractor``
 (:class:`FeatureExtractor`), ``images`` (what a folder, CSV or list names), ``feature_file``
 (``spcl extract``), ``search``, ``ranklist`` (the pictures), ``visualize``, ``report``,
 ``export`` and ``evaluate`` (``spcl eval``).

@@ -9,7 +9,7 @@ from typing import Any
 from spcl.data import load
 from spcl.data.transforms import build_test_transform
 from spcl.evaluation import evaluate_model, format_result, save_results
-from spcl.training import load_model
+from spcl.models import load_model
 from spcl.utils import resolve_device
 
 __all__ = ["evaluate_checkpoint"]

@@ -101,7 +101,7 @@ class FeatureExtractor:
         batch_size: int = 64,
         workers: int = 0,
     ) -> None:
-        from spcl.training import load_model  # the checkpoint format lives with training
+        from spcl.models import load_model
 
         if domain not in DOMAINS:
             raise ValueError(f"domain must be 'target' or 'source', got {domain!r}")

@@ -3,9 +3,9 @@
 Everything comes from what a run leaves in its folder: ``metrics.csv`` (one row per epoch: losses,
 clusters, un-clustered instances, alpha, pseudo-label quality when the truth is known, evaluations),
 ``config.yaml``, the newest evaluation's ranked lists (``eval-epochN/``), and the checkpoint
-(``last.pth``), whose hybrid memory holds one feature per target training image and the pseudo
-labels of the last epoch: the embedding is drawn from those, with no image read and no forward
-pass. The page inlines its images (base64) and its style: no script, no font, nothing from
+(``last.pth``), whose memory holds the last epoch's labels (and, for SpCL's hybrid memory, one
+feature per target training image: the embedding is drawn from those with no image read; for the
+methods whose memory holds clusters or proxies the training images' features are extracted). The page inlines its images (base64) and its style: no script, no font, nothing from
 outside, so it can be mailed or opened offline.
 """
 
@@ -93,19 +93,22 @@ def _epochs_axis(ax: Any, epochs: np.ndarray) -> None:
         ax.set_xticks(epochs)
 
 
+_TERM_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2")
+
+
 def _plot_losses(m: dict[str, np.ndarray], out: Path) -> Path | None:
     if not _has(m, "loss"):
         return None
     fig, ax = _figure()
     epochs = m["epoch"]
-    terms = [(key, colour, label) for key, colour, label in (("loss_source", "#1f77b4", "source"),
-                                                            ("loss_target", "#d62728", "target"))
-             if _has(m, key) and not np.allclose(np.nan_to_num(m[key]), 0)]
-    if len(terms) == 2:  # one domain alone: its term is the total
+    # the method's named terms (loss_source, loss_target, loss_intra, ...), those that ever moved
+    terms = [key for key in m if key.startswith("loss_") and _has(m, key) and not np.allclose(np.nan_to_num(m[key]), 0)]
+    if len(terms) != 1:  # one term alone is the total
         ax.plot(epochs, m["loss"], "o-", color="#333333", label="total")
-    for key, colour, label in terms:
-        ax.plot(epochs, m[key], "o-", color=colour, label=label if len(terms) == 2 else f"{label} (the total)")
-    ax.set_ylabel("contrastive loss (epoch mean)")
+    for key, colour in zip(terms, _TERM_COLOURS * 2):
+        label = key[len("loss_"):]
+        ax.plot(epochs, m[key], "o-", color=colour, label=label if len(terms) > 1 else f"{label} (the total)")
+    ax.set_ylabel("loss (epoch mean)")
     ax.set_title("Training loss")
     _epochs_axis(ax, epochs)
     ax.legend(frameon=False)
@@ -180,7 +183,7 @@ def _plot_accuracy(m: dict[str, np.ndarray], out: Path) -> Path | None:
 def _memory_embedding(run: Path, config: dict[str, Any], out: Path, max_points: int, seed: int) -> tuple[Path | None, str]:
     """t-SNE (or UMAP) of the target features of the checkpoint's memory, coloured by pseudo label;
     returns the PNG (None when the checkpoint has no target memory) and a caption."""
-    from spcl.training import load_checkpoint
+    from spcl.models import load_checkpoint
 
     checkpoint = run / "last.pth"
     if not checkpoint.is_file():
@@ -189,14 +192,14 @@ def _memory_embedding(run: Path, config: dict[str, Any], out: Path, max_points: 
     memory = state.get("memory", {})
     if "features" not in memory:
         return None, "the checkpoint has no memory: no embedding"
-    source = int(memory.get("_extra_state", {}).get("num_source_classes", 0))
+    method = _method_class(config)
+    if method is None:
+        return None, f"the run's memory.kind {config.get('memory', {}).get('kind')!r} is not registered here: no embedding"
     rng = np.random.default_rng(seed)
-    if "assignment" in memory:
-        # a cluster memory holds one feature per cluster: the instances are extracted from the images
-        labels = memory["assignment"].numpy()
-        if "proxy_cluster" in memory:  # camera-aware proxies: colour by cluster, not by proxy
-            clusters = memory["proxy_cluster"].numpy()
-            labels = np.where(labels >= 0, clusters[np.clip(labels - source, 0, None)] if len(clusters) else -1, -1)
+    labels = method.state_target_labels(memory)
+    features = method.state_target_features(memory)
+    if features is None:
+        # the memory holds no instance features (one per cluster or proxy): they are extracted from the images
         chosen = np.sort(rng.choice(len(labels), min(max_points, len(labels)), replace=False))
         x, total, where = _target_features(checkpoint, config, chosen)
         if x is None:
@@ -205,14 +208,12 @@ def _memory_embedding(run: Path, config: dict[str, Any], out: Path, max_points: 
         y = labels[chosen]
         kind = "the training images' features under the final encoder"
     else:
-        features = memory["features"][source:].float().numpy()
-        labels = memory["labels"][source:].numpy()
         total = len(features)
         if total < 10:
             return None, "the memory holds no target features (a run without target training): no embedding"
         chosen = np.sort(rng.choice(total, min(max_points, total), replace=False))
         x, y = features[chosen], labels[chosen]
-        kind = "the hybrid memory's target instance features"
+        kind = "the memory's target instance features"
     points, method = _embed(x, seed)
     values, counts = np.unique(labels, return_counts=True)
     size = dict(zip(values.tolist(), counts.tolist()))
@@ -300,15 +301,20 @@ def _figure_html(path: Path | None, alt: str, caption: str) -> str:
     return f"<figure>{_image_tag(path, alt)}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
+def _method_class(config: dict[str, Any]) -> Any:
+    """The registered memory class of the run's ``memory.kind`` (None when it is not registered here)."""
+    from spcl.memory import registered_memories
+
+    return registered_memories().get(config.get("memory", {}).get("kind", "hybrid"))
+
+
 def _clusters_caption(m: dict[str, np.ndarray], config: dict[str, Any]) -> str:
-    memory = config.get("memory", {}).get("kind", "hybrid")
-    pseudo = config.get("pseudo", {})
-    if memory == "cluster":
-        outliers = "left out of the epoch's training"
-    elif pseudo.get("discard_outliers"):
-        outliers = "left out of training"
-    else:
-        outliers = "trained on as their own classes"
+    from spcl.config import PseudoLabelConfig  # noqa: PLC0415 (the report's imports stay light)
+
+    method = _method_class(config)
+    pseudo = PseudoLabelConfig(**{k: v for k, v in config.get("pseudo", {}).items() if k in PseudoLabelConfig.__dataclass_fields__})
+    discarded = (method.pseudo_settings(pseudo) if method is not None else pseudo).discard_outliers
+    outliers = "left out of the epoch's training" if discarded else "trained on as their own classes"
     alpha = m.get("alpha", np.array([]))
     tail = ", and the self-paced threshold alpha." if np.isfinite(alpha).any() else "."
     return (f"Clusters found by DBSCAN on the Jaccard distance each epoch and the target instances left "
@@ -317,11 +323,14 @@ def _clusters_caption(m: dict[str, np.ndarray], config: dict[str, Any]) -> str:
 
 def _method(config: dict[str, Any]) -> str:
     memory = config.get("memory", {})
-    if memory.get("kind") == "cluster" and memory.get("camera_aware"):
-        return "camera-aware proxies (CAP: one proxy per cluster and camera)"
-    if memory.get("kind") == "cluster":
-        return f"Cluster Contrast (cluster memory, {memory.get('cluster_update', 'sample')} update)"
-    return "SpCL (hybrid memory)" if config.get("mode") in ("uda", "usl") else "hybrid memory"
+    method = _method_class(config)
+    if method is None:
+        return f"memory.kind {memory.get('kind')}"
+    title = method.title or f"memory.kind {method.kind}"
+    if config.get("mode") not in ("uda", "usl"):
+        return title.split(" (")[-1].rstrip(")") if "(" in title else title
+    update = memory.get("cluster_update")
+    return f"{title}, {update} update" if update else title
 
 
 def _summary_rows(m: dict[str, np.ndarray], config: dict[str, Any]) -> list[tuple[str, str]]:
@@ -370,6 +379,8 @@ def write_report(
     """Write ``RUN_DIR/report.html`` and its PNGs (``RUN_DIR/report/``); returns the HTML file."""
     import yaml
 
+    from spcl.config import upgrade_settings
+
     from spcl.inference.visualize import find_evaluation, visualize_run
 
     run = Path(run_dir)
@@ -380,7 +391,7 @@ def write_report(
     if not metrics or not len(metrics.get("epoch", [])):
         raise ValueError(f"{metrics_file} holds no finished epoch yet")
     config_text = (run / "config.yaml").read_text() if (run / "config.yaml").is_file() else ""
-    config = yaml.safe_load(config_text) if config_text else {}
+    config = upgrade_settings(yaml.safe_load(config_text) or {}) if config_text else {}
     pictures = run / "report"
     pictures.mkdir(exist_ok=True)
     sections: list[str] = []

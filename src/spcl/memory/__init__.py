@@ -1,19 +1,32 @@
-"""The memories that the contrastive losses compare features against (SPEC section 3).
+"""The memories that the contrastive losses compare features against: one registered class per
+method (SPEC sections 3, 11, 12); ``memory.kind`` names it.
 
 - ``hybrid`` (``HybridMemory``): SpCL's source class centroids + target instance features, whose
   prototypes follow the epoch's self-paced clusters; the unified contrastive loss.
 - ``cluster`` (``ClusterMemory``): Cluster Contrast's one slot per class (source classes, target
   clusters), set each epoch from fresh features; cross-entropy over the slots.
-- ``camera`` (``CameraAwareMemory``): the cluster memory with one proxy per (cluster, camera) and
-  CAP's intra- and inter-camera terms (``memory.camera_aware``).
+- ``cap`` (``CameraAwareMemory``): one proxy per (cluster, camera) with CAP's intra- and
+  inter-camera terms.
 
-Both share ``base.SlotMemory``: the source centroids first, ``source_slots`` / ``target_slots``,
-``loss`` / ``loss_terms`` / ``update``, so the trainer, DDP and checkpoints treat them alike.
+All share ``base.SlotMemory``: the source centroids first, ``source_slots`` / ``target_slots``,
+``loss`` / ``loss_terms`` (named terms) / ``update``, and what the trainer asks a method (how it is
+built, what it clusters, what the sampler draws). Add a method with ``@register_memory("name")``.
 """
 
-from spcl.memory.base import SlotMemory
-from spcl.memory.camera import CameraAwareMemory
+from spcl.memory.base import MemoryData, SlotMemory
+from spcl.memory.camera import CameraAwareMemory, ProxyMemory
 from spcl.memory.cluster import ClusterMemory
 from spcl.memory.hybrid import HybridMemory
+from spcl.memory.registry import memory_class, register_memory, registered_memories
 
-__all__ = ["CameraAwareMemory", "ClusterMemory", "HybridMemory", "SlotMemory"]
+__all__ = [
+    "CameraAwareMemory",
+    "ClusterMemory",
+    "HybridMemory",
+    "MemoryData",
+    "ProxyMemory",
+    "SlotMemory",
+    "memory_class",
+    "register_memory",
+    "registered_memories",
+]

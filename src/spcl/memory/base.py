@@ -1,33 +1,86 @@
-"""What every memory of this package shares: unit feature slots, source class centroids first.
+"""What every memory of this package shares: unit feature slots, source class centroids first, and
+what a *method* is to the trainer.
 
 A memory holds one L2-normalised feature per *slot*. Slots ``0 .. S-1`` are the ``S =
 num_source_classes`` source class centroids (UDA; none in USL), initialised as the mean feature
 of each class and pulled by their samples after every step. What the slots after them hold, and
-what a target sample's slot is, depends on the kind (``hybrid``: one per target instance;
-``cluster``: one per cluster). The memory is the single owner of the sample -> slot mapping
-(``source_slots``, ``target_slots``): callers never add ``num_source_classes`` by hand. It gets no
-gradient; the trainer calls ``update`` after the optimizer step with the whole global batch.
+what a target sample's slot is, depends on the method (``hybrid``: one per target instance;
+``cluster``: one per cluster; ``cap`` / ``o2cap``: one per (cluster, camera)). The memory is the
+single owner of the sample -> slot mapping (``source_slots``, ``target_slots``): callers never add
+``num_source_classes`` by hand. It gets no gradient; the trainer calls ``update`` after the
+optimizer step with the whole global batch.
+
+A registered memory class (``spcl.memory.register_memory``) is a whole method: besides the loss and
+the update it says how it is built from the config and the data (``from_config``, its
+hyper-parameters' defaults being its constructor's), which features it clusters each epoch and
+with which clustering settings (``clustering_features``, ``pseudo_settings``: whether outliers
+train), how the epoch's labels enter it (``set_epoch_labels``), what the identity sampler draws
+(``sampling_labels``) and the names of its loss terms (``loss_names``). The defaults here are those
+of the memories that are set each epoch from fresh features (Cluster Contrast and its successors);
+the hybrid memory overrides them.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ArrayLike", "SlotMemory", "occurrence_rank"]
+from spcl.config import MemoryConfig, PseudoLabelConfig
+from spcl.data import camera_codes
+
+__all__ = ["ArrayLike", "Extract", "MemoryData", "SlotMemory", "occurrence_rank"]
 
 ArrayLike = torch.Tensor | np.ndarray | list[int]
+Extract = Callable[[torch.dtype], torch.Tensor]
+"""Extracts the target training features with the current encoder (evaluation mode, target BNs),
+in the given dtype: what a memory asks for when it needs fresh features."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryData:
+    """What a memory is built from besides its settings: the encoder's width and the training data."""
+
+    num_features: int
+    num_source_classes: int
+    num_target: int
+    """Target training images (0 when the target is not trained on)."""
+    target_cameras: Sequence[int | None] = ()
+    """The camera of every target training image, in the sorted training-list order (None: unknown)."""
+
+    def camera_codes(self, method: str) -> np.ndarray:
+        """The target cameras as codes 0..C-1; a method that needs them refuses data without them."""
+        cameras = list(self.target_cameras)
+        missing = sum(cam is None for cam in cameras)
+        if missing:
+            raise ValueError(
+                f"memory.kind {method} needs the camera of every target training image, but {missing} of "
+                f"{len(cameras)} images have none: give cameras (the camid column of a manifest, _cN_ in "
+                "Market-style names) or use a memory.kind that does not split clusters by camera"
+            )
+        return camera_codes(cameras)
 
 
 class SlotMemory(nn.Module):
     """Unit feature slots with the source class centroids first (see the module docstring)."""
 
     features: torch.Tensor
-    kind = ""
+    kind: ClassVar[str] = ""
+    """The registered name (``memory.kind``); set by ``register_memory``."""
+    title: ClassVar[str] = ""
+    """What the method is called in logs and reports."""
+    settings: ClassVar[dict[str, str]] = {"temp": "temp", "momentum": "momentum"}
+    """The ``MemoryConfig`` fields this method reads -> its constructor's arguments. A field left
+    None in the config takes the constructor's default: a method's hyper-parameters are written
+    once, in its signature, and presets override them."""
+    legacy_kinds: ClassVar[tuple[str, ...]] = ()
+    """Kinds that checkpoints of earlier versions recorded for this memory."""
 
     def __init__(
         self, num_features: int, num_slots: int, temp: float, momentum: float, num_source_classes: int,
@@ -48,6 +101,93 @@ class SlotMemory(nn.Module):
         self.momentum = momentum
         self.register_buffer("features", torch.zeros(num_slots, num_features, dtype=dtype))
 
+    # ------------------------------------------------------------------------------ the method
+    @classmethod
+    def from_config(cls, config: MemoryConfig, data: MemoryData) -> SlotMemory:
+        """The memory a run's ``memory`` settings describe, for this data (no contents yet)."""
+        return cls.build(data, **cls.arguments(config))
+
+    @classmethod
+    def build(cls, data: MemoryData, **arguments: Any) -> SlotMemory:
+        """The memory for ``data`` with these constructor ``arguments`` (those the config sets)."""
+        raise NotImplementedError
+
+    @classmethod
+    def arguments(cls, config: MemoryConfig) -> dict[str, Any]:
+        """The constructor arguments the config sets (its None fields are left to the defaults)."""
+        return {arg: getattr(config, field) for field, arg in cls.settings.items() if getattr(config, field) is not None}
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """The ``MemoryConfig`` value of each setting this method reads, when the config leaves it None."""
+        parameters = inspect.signature(cls.__init__).parameters
+        return {field: parameters[arg].default for field, arg in cls.settings.items()}
+
+    @classmethod
+    def resolve(cls, config: MemoryConfig) -> MemoryConfig:
+        """``config`` as this method runs it: its settings' defaults filled in, the settings it does not
+        read set to None (so the saved config shows what the run used, and nothing else)."""
+        defaults = cls.defaults()
+        values = {}
+        for f in dataclasses.fields(config):
+            if f.name == "kind":
+                continue
+            value = getattr(config, f.name)
+            values[f.name] = (defaults[f.name] if value is None else value) if f.name in defaults else None
+        return dataclasses.replace(config, **values)
+
+    @classmethod
+    def unread_settings(cls, config: MemoryConfig) -> list[str]:
+        """The ``memory.*`` fields the config sets that this method does not read (to tell the user)."""
+        return [f"memory.{f.name}" for f in dataclasses.fields(config)
+                if f.name != "kind" and f.name not in cls.settings and getattr(config, f.name) is not None]
+
+    @classmethod
+    def pseudo_settings(cls, pseudo: PseudoLabelConfig) -> PseudoLabelConfig:
+        """How the epoch's features are clustered: here DBSCAN's clusters as they come (no self-paced
+        criterion), and the outliers sit the epoch out (out of the loss and the sampler)."""
+        return dataclasses.replace(pseudo, self_paced=False, discard_outliers=True)
+
+    def initial_target(self, extract: Extract) -> None:
+        """Fill the target slots before the first epoch (SPEC section 4); here they come with each
+        epoch's clusters instead."""
+
+    def clustering_features(self, extract: Extract) -> torch.Tensor:
+        """The target features the epoch's clustering runs on: here freshly extracted ones."""
+        return extract(torch.float32)
+
+    def set_epoch_labels(self, epoch: int, features: torch.Tensor, labels: np.ndarray) -> None:
+        """Take the labels of epoch ``epoch`` (counted from 0) of the target samples (-1: out of
+        training), computed on ``features``: here one slot per class, set from ``features``."""
+        self.set_clusters(features, labels)
+
+    def set_clusters(self, features: torch.Tensor, labels: ArrayLike) -> None:
+        raise NotImplementedError
+
+    @property
+    def loss_names(self) -> tuple[str, ...]:
+        """The names of the terms ``loss_terms`` returns (each logged per epoch as ``loss_<name>``):
+        the source samples' term when there is a source, the target terms when a target trains."""
+        has_target = self.num_target > 0 or self.num_slots > self.num_source_classes
+        return (("source",) if self.num_source_classes else ()) + (self.target_loss_names if has_target else ())
+
+    target_loss_names: ClassVar[tuple[str, ...]] = ("target",)
+
+    @property
+    def num_target(self) -> int:
+        raise NotImplementedError
+
+    @classmethod
+    def state_target_labels(cls, state: dict[str, Any]) -> np.ndarray:
+        """Each target sample's class (-1: none) as a checkpoint's memory state holds it (for reports)."""
+        raise NotImplementedError
+
+    @classmethod
+    def state_target_features(cls, state: dict[str, Any]) -> np.ndarray | None:
+        """The target instance features a checkpoint's memory holds, or None when it holds none."""
+        return None
+
+    # ---------------------------------------------------------------------------------- layout
     @property
     def num_slots(self) -> int:
         return self.features.shape[0]
@@ -102,22 +242,30 @@ class SlotMemory(nn.Module):
             pulled = m * self.features[rows].float() + (1.0 - m) * features[chosen]
             self.features[rows] = F.normalize(pulled, dim=1).to(self.features.dtype)
 
-    @staticmethod
-    def split_means(nll: torch.Tensor, slots: torch.Tensor, num_source_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """SPEC section 3's two terms: the mean over the source samples (slot < S) and the mean
-        over the target samples, each 0 when the batch has no such sample."""
-        is_source = slots < num_source_classes
-        source = (nll * is_source).sum() / is_source.sum().clamp(min=1)
-        target = (nll * ~is_source).sum() / (~is_source).sum().clamp(min=1)
-        return source, target
+    def split_means(self, nll: torch.Tensor, slots: torch.Tensor) -> dict[str, torch.Tensor]:
+        """SPEC section 3's two terms: ``source``, the mean over the source samples (slot < S), and
+        ``target``, the mean over the target samples, each 0 when the batch has no such sample (a
+        term of a domain the memory has no slots for is left out)."""
+        is_source = slots < self.num_source_classes
+        terms = {
+            "source": (nll * is_source).sum() / is_source.sum().clamp(min=1),
+            "target": (nll * ~is_source).sum() / (~is_source).sum().clamp(min=1),
+        }
+        return {name: terms[name] for name in self.loss_names}
 
-    def loss(self, features: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    def loss(self, features: torch.Tensor, slots: torch.Tensor, batch_slots: torch.Tensor | None = None) -> torch.Tensor:
         """The loss of L2-normalised ``features`` (B x d) whose memory slots are ``slots`` (B): the
-        source samples' mean plus the target samples' mean. Gradient flows to ``features`` only."""
-        source, target = self.loss_terms(features, slots)
-        return source + target
+        sum of the named terms. Gradient flows to ``features`` only."""
+        return sum(self.loss_terms(features, slots, batch_slots).values(), features.new_zeros(()))
 
-    def loss_terms(self, features: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss_terms(
+        self, features: torch.Tensor, slots: torch.Tensor, batch_slots: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The loss's terms by name (``loss_names``: each 0 when the batch has no sample it covers).
+
+        ``batch_slots``: with several processes, the slots of the whole global batch (this rank's
+        ``slots`` being one of its equal slices), for losses whose terms depend on the batch's
+        composition (per-camera means); the others ignore it."""
         raise NotImplementedError
 
     def _epoch_labels(self, features: torch.Tensor, labels: ArrayLike) -> torch.Tensor:
@@ -131,7 +279,11 @@ class SlotMemory(nn.Module):
         if (labels < -1).any():
             raise ValueError("cluster labels must be >= -1 (-1: out of training)")
         if not bool((labels >= 0).any()):
-            raise ValueError("no target sample belongs to a cluster: nothing to train the target on")
+            raise ValueError(
+                "no target sample belongs to a cluster (DBSCAN put every target image out of the clusters), so "
+                f"the {self.kind or 'cluster'} memory has nothing to train on: raise pseudo.eps or lower "
+                "pseudo.min_samples"
+            )
         return labels
 
     def _check_slots(self, slots: torch.Tensor) -> None:
@@ -165,7 +317,7 @@ class SlotMemory(nn.Module):
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         kind = state.get("kind", "hybrid")
-        if kind != self.kind:
+        if kind != self.kind and kind not in self.legacy_kinds:
             raise ValueError(f"the memory state is of kind {kind!r}, this memory is {self.kind!r} (memory.kind)")
         if state["num_source_classes"] != self.num_source_classes:
             raise ValueError(

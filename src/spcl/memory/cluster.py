@@ -25,16 +25,20 @@ loads into a memory of any size.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spcl.memory.base import ArrayLike, SlotMemory
+from spcl.config import MemoryConfig
+from spcl.memory.base import ArrayLike, MemoryData, SlotMemory
+from spcl.memory.registry import register_memory
 
 __all__ = ["ClusterMemory"]
 
 
+@register_memory("cluster")
 class ClusterMemory(SlotMemory):
     """One slot per source class and per target cluster, with Cluster Contrast's loss and update.
 
@@ -52,7 +56,8 @@ class ClusterMemory(SlotMemory):
     """
 
     assignment: torch.Tensor
-    kind = "cluster"
+    title = "Cluster Contrast (cluster memory)"
+    settings: ClassVar[dict[str, str]] = {"temp": "temp", "momentum": "momentum", "cluster_update": "hard"}
 
     def __init__(
         self,
@@ -68,6 +73,30 @@ class ClusterMemory(SlotMemory):
         super().__init__(num_features, num_slots, temp, momentum, num_source_classes)
         self.hard = bool(hard)
         self.register_buffer("assignment", torch.full((num_target,), -1, dtype=torch.long))
+
+    # ------------------------------------------------------------------------------ the method
+    @classmethod
+    def build(cls, data: MemoryData, **arguments: Any) -> ClusterMemory:
+        return cls(data.num_features, data.num_source_classes, num_source_classes=data.num_source_classes,
+                   num_target=data.num_target, **arguments)
+
+    @classmethod
+    def arguments(cls, config: MemoryConfig) -> dict[str, Any]:
+        arguments = super().arguments(config)
+        if "hard" in arguments:
+            arguments["hard"] = arguments["hard"] == "hard"
+        return arguments
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        defaults = super().defaults()
+        return {**defaults, "cluster_update": "hard" if defaults["cluster_update"] else "sample"}
+
+    @classmethod
+    def state_target_labels(cls, state: dict[str, Any]) -> np.ndarray:
+        source = int(state.get("_extra_state", {}).get("num_source_classes", 0))
+        assignment = state["assignment"].numpy()
+        return np.where(assignment >= 0, assignment - source, -1)
 
     # ---------------------------------------------------------------------------------- layout
     @property
@@ -108,15 +137,17 @@ class ClusterMemory(SlotMemory):
         self.assignment.copy_(assignment)
 
     # ------------------------------------------------------------------------------------ loss
-    def loss_terms(self, features: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The source samples' and the target samples' mean cross-entropy over all slots, each 0
-        when the batch has no such sample (SPEC section 3's two terms)."""
+    def loss_terms(
+        self, features: torch.Tensor, slots: torch.Tensor, batch_slots: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``source`` and ``target``: the source samples' and the target samples' mean cross-entropy
+        over all slots, each 0 when the batch has no such sample (SPEC section 3's two terms)."""
         self._check_rows(features, slots.shape[0], "loss")
         slots = slots.to(self.features.device)
         self._check_slots(slots)
         logits = features.to(self.features.dtype) @ self.features.T / self.temp
         nll = F.cross_entropy(logits, slots, reduction="none")
-        return self.split_means(nll, slots, self.num_source_classes)
+        return self.split_means(nll, slots)
 
     # ---------------------------------------------------------------------------------- update
     @torch.no_grad()

@@ -19,10 +19,15 @@ The memory is the single owner of the sample -> slot mapping (``source_slots``, 
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spcl.memory.base import ArrayLike, SlotMemory
+from spcl.config import MemoryConfig, PseudoLabelConfig
+from spcl.memory.base import ArrayLike, Extract, MemoryData, SlotMemory
+from spcl.memory.registry import register_memory
 
 __all__ = ["HybridMemory"]
 
@@ -59,6 +64,7 @@ class _BlockedClassLogits(torch.autograd.Function):
         return grad_features, None, None, None, None
 
 
+@register_memory("hybrid")
 class HybridMemory(SlotMemory):
     """Source class centroids + target instance features, with the unified contrastive loss.
 
@@ -81,7 +87,10 @@ class HybridMemory(SlotMemory):
     """
 
     labels: torch.Tensor
-    kind = "hybrid"
+    title = "SpCL (hybrid memory)"
+    settings: ClassVar[dict[str, str]] = {
+        "temp": "temp", "momentum": "momentum", "source_update": "source_update", "precision": "dtype",
+    }
 
     def __init__(
         self,
@@ -101,6 +110,51 @@ class HybridMemory(SlotMemory):
         self.source_update = source_update
         self.eps = eps
         self.register_buffer("labels", torch.arange(num_slots))
+
+    # ------------------------------------------------------------------------------ the method
+    @classmethod
+    def build(cls, data: MemoryData, **arguments: Any) -> HybridMemory:
+        return cls(data.num_features, data.num_source_classes + data.num_target,
+                   num_source_classes=data.num_source_classes, **arguments)
+
+    @classmethod
+    def arguments(cls, config: MemoryConfig) -> dict[str, Any]:
+        arguments = super().arguments(config)
+        if "dtype" in arguments:
+            arguments["dtype"] = getattr(torch, arguments["dtype"])
+        return arguments
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {**super().defaults(), "precision": "float32"}
+
+    @classmethod
+    def pseudo_settings(cls, pseudo: PseudoLabelConfig) -> PseudoLabelConfig:
+        """SpCL's pseudo labels as configured: the self-paced criterion, outliers trained on as
+        their own classes (unless an ablation says otherwise)."""
+        return pseudo
+
+    def initial_target(self, extract: Extract) -> None:
+        # in the memory's precision: a float16 memory of 10^6 targets never needs them in float32
+        if self.num_target:
+            self.init_target(extract(self.features.dtype))
+
+    def clustering_features(self, extract: Extract) -> torch.Tensor:
+        """SpCL clusters the memory's own instance features: no extraction."""
+        return self.target_features
+
+    def set_epoch_labels(self, epoch: int, features: torch.Tensor, labels: np.ndarray) -> None:
+        self.set_pseudo_labels(labels)
+
+    @classmethod
+    def state_target_labels(cls, state: dict[str, Any]) -> np.ndarray:
+        source = int(state.get("_extra_state", {}).get("num_source_classes", 0))
+        return state["labels"][source:].numpy()
+
+    @classmethod
+    def state_target_features(cls, state: dict[str, Any]) -> np.ndarray | None:
+        source = int(state.get("_extra_state", {}).get("num_source_classes", 0))
+        return state["features"][source:].float().numpy()
 
     # ---------------------------------------------------------------------------------- layout
     @property
@@ -204,10 +258,10 @@ class HybridMemory(SlotMemory):
         return logits, counts > 0
 
     def loss_terms(
-        self, features: torch.Tensor, indexes: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two terms of ``loss`` (for logging): the mean over the source samples and the mean
-        over the target samples of ``-log(p + eps)``, each 0 when the batch has no such sample."""
+        self, features: torch.Tensor, indexes: torch.Tensor, batch_slots: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The terms of ``loss``: ``source``, the mean over the source samples, and ``target``, the
+        mean over the target samples of ``-log(p + eps)``, each 0 when the batch has no such sample."""
         self._check_rows(features, indexes.shape[0], "loss")
         indexes = indexes.to(self.labels.device)
         targets = self.labels[indexes]
@@ -222,7 +276,7 @@ class HybridMemory(SlotMemory):
         logits = logits.masked_fill(~nonempty, float("-inf"))
         log_p = logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1)
         nll = -torch.log(torch.exp(log_p) + self.eps)
-        return self.split_means(nll, indexes, self.num_source_classes)
+        return self.split_means(nll, indexes)
 
     # ---------------------------------------------------------------------------------- update
     @torch.no_grad()

@@ -1,5 +1,5 @@
 """Models (SPEC sections 4, 5, 7): the re-ID encoder, its backbones, domain-specific BN and
-images-per-BN."""
+images-per-BN, and the encoder a checkpoint describes (``checkpoint``: reading one for inference)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,13 @@ from spcl.models.backbones import (
     load_weights_file,
     register_backbone,
     require_backbone,
+)
+from spcl.models.checkpoint import (
+    CheckpointError,
+    build_model,
+    describe_model,
+    load_checkpoint,
+    load_model,
 )
 from spcl.models.dsbn import (
     DomainSpecificBatchNorm,
@@ -28,6 +35,7 @@ from spcl.models.images_per_bn import SubBatchNorm1d, SubBatchNorm2d, get_images
 __all__ = [
     "BACKBONES",
     "IBN",
+    "CheckpointError",
     "DomainSpecificBatchNorm",
     "Encoder",
     "GeM",
@@ -38,9 +46,13 @@ __all__ = [
     "available_backbones",
     "build_backbone",
     "build_encoder",
+    "build_model",
     "convert_bn",
     "convert_dsbn",
+    "describe_model",
     "get_images_per_bn",
+    "load_checkpoint",
+    "load_model",
     "load_weights_file",
     "num_bn_domains",
     "register_backbone",

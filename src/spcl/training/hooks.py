@@ -18,7 +18,7 @@ import math
 import os
 import signal
 import threading
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -57,12 +57,14 @@ class TrainingInterrupted(RuntimeError):
 
 @dataclass
 class EpochLog:
-    """What one epoch did: its mean losses, the target labels it trained on, and its evaluation."""
+    """What one epoch did: its mean losses (the total and each named term of the method's loss), the
+    target labels it trained on, and its evaluation."""
 
     epoch: int
     loss: float
-    loss_source: float = float("nan")
-    loss_target: float = float("nan")
+    losses: dict[str, float] = field(default_factory=dict)
+    """The epoch mean of each named term of the loss (SpCL: source, target; CAP: source, intra,
+    inter; O2CAP: source, offline, online); a term of a domain the run does not train is absent."""
     num_clusters: int = 0
     num_outliers: int = 0
     alpha: float = float("nan")
@@ -71,15 +73,29 @@ class EpochLog:
     quality: dict[str, float] = field(default_factory=dict)
     eval: dict[str, float] = field(default_factory=dict)
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> EpochLog:
+        """The record as a checkpoint's history holds it (earlier versions: ``loss_source`` /
+        ``loss_target`` fields, NaN for a domain not trained)."""
+        values = dict(values)
+        losses = dict(values.pop("losses", {}))
+        for name in ("source", "target"):
+            value = values.pop(f"loss_{name}", None)
+            if value is not None and math.isfinite(value):
+                losses[name] = value
+        return cls(losses=losses, **values)
+
 
 @dataclass(frozen=True)
 class StepLosses:
-    """The losses of one training step (NaN for a domain the run does not train on)."""
+    """The losses of one training step: the total and each named term."""
 
     iteration: int
     loss: float
-    loss_source: float
-    loss_target: float
+    terms: dict[str, float] = field(default_factory=dict)
 
 
 class TrainerView(Protocol):
@@ -277,8 +293,8 @@ class MetricsLog(Hook):
 
 def _row(entry: EpochLog) -> dict[str, Any]:
     return {
-        "epoch": entry.epoch, "loss": entry.loss, "loss_source": entry.loss_source,
-        "loss_target": entry.loss_target, "clusters": entry.num_clusters, "outliers": entry.num_outliers,
+        "epoch": entry.epoch, "loss": entry.loss, **{f"loss_{name}": value for name, value in entry.losses.items()},
+        "clusters": entry.num_clusters, "outliers": entry.num_outliers,
         "alpha": entry.alpha, "lr": entry.lr, "seconds": round(entry.seconds, 2),
         **{f"pl_{k}": v for k, v in entry.quality.items()},
         **dict(entry.eval.items()),
@@ -292,7 +308,7 @@ class ConsoleLog(Hook):
         c = trainer.config
         source = trainer.source
         trainer.log(
-            f"{c.mode}: source {source.name if source else '-'} "
+            f"{c.mode} (memory.kind {c.memory.kind}): source {source.name if source else '-'} "
             f"({trainer.num_source_classes} classes), target {trainer.target.name} "
             f"({len(trainer.target.train)} train images); {c.optim.epochs} epochs x {c.iters_per_epoch} iterations "
             f"on {trainer.device}; output {trainer.output}"
@@ -301,8 +317,8 @@ class ConsoleLog(Hook):
     def after_epoch(self, trainer: TrainerView, entry: EpochLog) -> None:
         e = entry
         parts = [f"epoch {e.epoch:>3}/{trainer.config.optim.epochs}", f"loss {e.loss:.3f}"]
-        if trainer.source is not None and trainer.train_target:
-            parts.append(f"(src {e.loss_source:.3f} tgt {e.loss_target:.3f})")
+        if len(e.losses) > 1:
+            parts.append("(" + " ".join(f"{name} {value:.3f}" for name, value in e.losses.items()) + ")")
         if trainer.train_target and trainer.config.mode != "oracle":
             parts.append(f"clusters {e.num_clusters} outliers {e.num_outliers}")
             if math.isfinite(e.alpha):

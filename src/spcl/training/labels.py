@@ -3,11 +3,11 @@ target memory slot its class before the epoch's training.
 
 Two kinds, one interface (``labeler(features) -> TargetLabels``, plus ``state_dict`` for resume):
 
-- ``SelfPacedLabels``: SpCL's pseudo labels of the memory's instance features, with the
-  independence threshold alpha fixed at the first epoch that has a real cluster; with
-  ``discard_outliers`` the un-clustered samples leave training (the classic baseline). With the
-  cluster memory (Cluster Contrast) it labels the epoch's freshly extracted features, without the
-  self-paced criterion, and the outliers leave training;
+- ``SelfPacedLabels``: pseudo labels of the features the method clusters (SpCL: the memory's
+  instance features; Cluster Contrast and its successors: freshly extracted ones), with the
+  settings the method asks for (``SlotMemory.pseudo_settings``): SpCL's self-paced criterion with
+  the independence threshold alpha fixed at the first epoch that has a real cluster, or DBSCAN's
+  clusters as they come; with ``discard_outliers`` the un-clustered samples leave training;
 - ``GroundTruthLabels``: the target's true identities (the oracle run).
 
 Source-only runs have no target slots and no labeler.
@@ -15,7 +15,6 @@ Source-only runs have no target slots and no labeler.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +42,7 @@ class TargetLabels:
 
 
 class SelfPacedLabels:
-    """Self-paced pseudo labels (SPEC section 6) from the memory's target instance features."""
+    """Pseudo labels (SPEC section 6) of the target features a method clusters each epoch."""
 
     def __init__(
         self, settings: PseudoLabelConfig, device: torch.device, truth: np.ndarray | None = None,
@@ -94,17 +93,15 @@ class GroundTruthLabels:
 
 
 def target_labeler(
-    config: Config, target: Dataset, device: torch.device, show_progress: bool = False
+    config: Config, target: Dataset, device: torch.device, show_progress: bool = False,
+    settings: PseudoLabelConfig | None = None,
 ) -> SelfPacedLabels | GroundTruthLabels | None:
-    """The label stage a run's mode calls for (None: the target is not trained on)."""
+    """The label stage a run's mode calls for (None: the target is not trained on); ``settings`` are
+    the clustering settings the method asks for (default: ``config.pseudo`` as it is)."""
     if config.mode == "oracle":
         return GroundTruthLabels(target)
     if config.mode in ("uda", "usl"):
         truth = np.array([pid for _, pid, _ in target.train])
         known = bool((truth >= 0).all()) and target.num_train_pids > 1
-        settings = config.pseudo
-        if config.memory.kind == "cluster":
-            # Cluster Contrast: DBSCAN's clusters as they come, its outliers out of the epoch's training
-            settings = dataclasses.replace(settings, self_paced=False, discard_outliers=True)
-        return SelfPacedLabels(settings, device, truth if known else None, show_progress)
+        return SelfPacedLabels(settings or config.pseudo, device, truth if known else None, show_progress)
     return None

@@ -1,16 +1,20 @@
 """The one trainer (SPEC sections 3-7): UDA with a source, USL without, plus the source-only and
-oracle baselines, through the memory ``memory.kind`` names (``spcl.memory``).
+oracle baselines, through the method ``memory.kind`` names (a registered memory, ``spcl.memory``).
 
-Memory slots: one per source class (when a source is used), then the target's: with the hybrid
-memory (SpCL) one per target training image, whose labels come each epoch from pseudo labels with
-the self-paced criterion (uda, usl) or the true identities (oracle); with the cluster memory
-(Cluster Contrast) one per cluster of the epoch's freshly extracted features, or one per (cluster,
-camera) with camera-aware proxies. A source-only run has no target slots.
+Memory slots: one per source class (when a source is used), then the target's, as the method lays
+them out (SpCL: one per target training image; Cluster Contrast: one per cluster; CAP, O2CAP: one
+per cluster and camera). The trainer never asks which method it runs: the memory class says what
+it clusters each epoch and how, what the sampler draws, and the named terms of its loss. The
+target labels come each epoch from pseudo labels (uda, usl) or the true identities (oracle). A
+source-only run has no target slots.
 
+Building is four stages a subclass may replace, in order: :meth:`Trainer.build_data`,
+:meth:`~Trainer.build_model`, :meth:`~Trainer.build_memory`, :meth:`~Trainer.build_optimizer`.
 ``fit`` is the loop of SPEC section 7; what happens around the training (checkpoint, evaluate,
-log, signals) is done by hooks (``spcl.training.hooks``), and every stage is a method a subclass
-may replace. What a resume restores is one list, :meth:`Trainer.checkpointables`; a run resumed
-in the middle of an epoch continues with exactly the next batch.
+log, signals) is done by hooks (``spcl.training.hooks``), and every stage of the loop is a method a
+subclass may replace. Where the run stands (epoch, step, history, the epoch in progress) has one
+owner, :class:`RunProgress`. What a resume restores is one list, :meth:`Trainer.checkpointables`;
+a run resumed in the middle of an epoch continues with exactly the next batch.
 
 Several processes (``torchrun``, PyTorch DistributedDataParallel) compute what one process
 computes: the one global sampler stream is cut into the config's global batches and every rank
@@ -36,13 +40,13 @@ import numpy as np
 import torch
 
 from spcl.config import Config
-from spcl.data import Dataset, Item, camera_codes, load
+from spcl.data import Dataset, Item, load
 from spcl.data.image_dataset import AugmentedImages, without_unreadable
 from spcl.data.loader import TrainLoader
 from spcl.data.sampler import RandomMultipleGallerySampler
 from spcl.data.transforms import build_test_transform, build_train_transform
 from spcl.evaluation import evaluate_model, extract_features
-from spcl.memory import CameraAwareMemory, ClusterMemory, HybridMemory
+from spcl.memory import MemoryData, SlotMemory, memory_class
 from spcl.models import require_backbone, use_domain
 from spcl.models.images_per_bn import batchnorm_buffers, set_bn_groups
 from spcl.training.checkpoint import (
@@ -55,6 +59,7 @@ from spcl.training.checkpoint import (
 )
 from spcl.training.hooks import EpochLog, Hook, StepLosses, TrainingInterrupted, default_hooks
 from spcl.training.labels import TargetLabels, target_labeler
+from spcl.training.optim import build_optimizer, build_scheduler
 from spcl.utils import (
     Distributed,
     RngStream,
@@ -69,7 +74,7 @@ from spcl.utils import (
     set_deterministic,
 )
 
-__all__ = ["RESUMABLE_CHANGES", "Trainer", "TrainingDiverged", "TrainingInterrupted"]
+__all__ = ["RESUMABLE_CHANGES", "EpochInProgress", "RunProgress", "Trainer", "TrainingDiverged", "TrainingInterrupted"]
 
 RESUMABLE_CHANGES = (
     "optim.epochs", "eval.every", "eval.rerank", "eval.batch_size", "data.workers", "data.cache_images",
@@ -91,53 +96,70 @@ class TrainingDiverged(RuntimeError):
 
 
 @dataclasses.dataclass
-class _EpochProgress:
+class EpochInProgress:
     """What an epoch in progress has done so far (restored by a mid-epoch resume)."""
 
     labels: TargetLabels | None = None
-    totals: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.0, 0.0])
+    totals: dict[str, float] = dataclasses.field(default_factory=dict)
+    """The sums of the steps' losses so far: ``loss`` (the total) and each named term."""
     seconds: float = 0.0
+
+    def add(self, step: StepLosses) -> None:
+        for name, value in {"loss": step.loss, **step.terms}.items():
+            self.totals[name] = self.totals.get(name, 0.0) + value
 
     def state_dict(self) -> dict[str, Any]:
         labels = None
         if self.labels is not None:
             labels = {f.name: getattr(self.labels, f.name) for f in dataclasses.fields(self.labels) if f.name != "labels"}
-        return {"labels": labels, "totals": list(self.totals), "seconds": self.seconds}
+        return {"labels": labels, "totals": dict(self.totals), "seconds": self.seconds}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], labels: np.ndarray | None) -> _EpochProgress:
+    def from_state(cls, state: dict[str, Any], labels: np.ndarray | None) -> EpochInProgress:
         stats = state["labels"]
         restored = TargetLabels(labels=labels, **stats) if stats is not None and labels is not None else None
-        return cls(restored, list(state["totals"]), float(state["seconds"]))
+        totals = state["totals"]
+        if isinstance(totals, list):  # earlier checkpoints: [total, source, target]
+            totals = dict(zip(("loss", "source", "target"), totals))
+        return cls(restored, {k: float(v) for k, v in totals.items()}, float(state["seconds"]))
 
 
-class _Progress:
-    """The trainer's place in the run as one checkpoint part: epochs and iterations done, the best
-    evaluation, whether the memory is initialised, the history, and the epoch in progress."""
+class RunProgress:
+    """Where the run stands, one checkpoint part with one owner: epochs and steps done, the best
+    evaluation, whether the memory is initialised, the history of epochs, the epoch in progress,
+    and the positions of the epoch's sample streams (``loaders``: the live ones, while an epoch runs;
+    ``resume_loaders``: positions a resume restores into the next ones)."""
 
-    def __init__(self, trainer: Trainer) -> None:
-        self.trainer = trainer
+    def __init__(self, target_labels: Callable[[], np.ndarray]) -> None:
+        self._target_labels = target_labels  # the memory's labels, read when an epoch in progress is restored
+        self.epoch = 0
+        self.iteration = 0
+        """Steps done in the current epoch (0 between epochs)."""
+        self.best: dict[str, float] = {"mAP": -1.0, "epoch": -1}
+        self.memory_ready = False
+        self.history: list[EpochLog] = []
+        self.current = EpochInProgress()
+        self.loaders: dict[str, TrainLoader] = {}
+        self.resume_loaders: dict[str, dict[str, int]] = {}
 
     def state_dict(self) -> dict[str, Any]:
-        t = self.trainer
         return {
-            "epoch": t.epoch,
-            "iteration": t.iteration,
-            "best": dict(t.best),
-            "memory_ready": t.memory_ready,
-            "history": [dataclasses.asdict(entry) for entry in t.history],
-            "epoch_progress": t._epoch.state_dict(),
-            "loaders": {domain: loader.state_dict() for domain, loader in t._loaders.items()},
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "best": dict(self.best),
+            "memory_ready": self.memory_ready,
+            "history": [entry.to_dict() for entry in self.history],
+            "epoch_progress": self.current.state_dict(),
+            "loaders": {domain: loader.state_dict() for domain, loader in self.loaders.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        t = self.trainer
-        t.epoch, t.iteration = int(state["epoch"]), int(state.get("iteration", 0))
-        t.best, t.memory_ready = dict(state["best"]), bool(state["memory_ready"])
-        t.history = [EpochLog(**entry) for entry in state.get("history", [])]
-        progress = state.get("epoch_progress")
-        t._epoch = _EpochProgress.from_state(progress, t.target_labels) if progress else _EpochProgress()
-        t._resume_loaders = dict(state.get("loaders", {}))
+        self.epoch, self.iteration = int(state["epoch"]), int(state.get("iteration", 0))
+        self.best, self.memory_ready = dict(state["best"]), bool(state["memory_ready"])
+        self.history = [EpochLog.from_dict(entry) for entry in state.get("history", [])]
+        current = state.get("epoch_progress")
+        self.current = EpochInProgress.from_state(current, self._target_labels()) if current else EpochInProgress()
+        self.resume_loaders = dict(state.get("loaders", {}))
 
 
 class _TorchRNG:
@@ -168,23 +190,43 @@ class Trainer:
         hooks: Sequence[Hook] | None = None,
         dist: Distributed | None = None,
     ) -> None:
-        self.config = config
         self.dist = dist if dist is not None else Distributed.current()
         self.log = log if self.dist.is_main else _silent
         self.progress = progress and self.dist.is_main
+        self.method: type[SlotMemory] = memory_class(config.memory.kind)  # an unknown kind fails before anything
+        # the method's defaults filled in: the saved config says what the run used
+        self.config = dataclasses.replace(config, memory=self.method.resolve(config.memory))
         self.device = resolve_device(config.device)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (init_distributed)
         self.output = Path(config.output)
         self.hooks = list(default_hooks() if hooks is None else hooks)
-        c = config
+        c = self.config
         self._check_processes()
         self.amp_dtype = resolve_amp(c.runtime.amp, self.device)
         self.channels_last = resolve_channels_last(c.runtime.channels_last, self.device)
         self.workers = resolve_workers(c.data.workers, self.device, self.dist.world_size)
         set_deterministic(c.runtime.deterministic, self.device)
-
         require_backbone(c.model.arch)  # before minutes of reading or generating data
+        for unread in self.method.unread_settings(config.memory):
+            self.log(f"note: {unread} is not a setting of memory.kind {c.memory.kind}: it is ignored")
+
+        self.build_data()
+        self.build_model()
+        self.build_memory()
+        self.build_optimizer()
+        self.run = RunProgress(lambda: self.target_labels)
+        self._kept_loaders: dict[str, TrainLoader] = {}
+        self.saved_at: tuple[int, int] | None = None
+        """(epoch, iteration) of the last ``save_progress``."""
+
+    # ------------------------------------------------------------------------------------------------
+    # the build stages (each a method a subclass may replace; run in this order)
+
+    def build_data(self) -> None:
+        """The source and target datasets, their transforms and fingerprints (``source``, ``target``,
+        ``train_target``, ``train_transform``, ``test_transform``, ``fingerprints``)."""
+        c = self.config
         torch.manual_seed(derive_seed(c.seed, RngStream.MODEL_INIT))
         with self.dist.main_first():  # rank 0 generates a missing synthetic domain, the others read it
             self.source: Dataset | None = self._load(c.data.source) if c.uses_source else None
@@ -195,7 +237,23 @@ class Trainer:
         if self.source is not None and self.source.num_train_pids == 0:
             raise ValueError(f"source {self.source.name} has no labelled training images")
         self._warn_about_data()
+        self.num_source_classes = self.source.num_train_pids if self.source is not None else 0
+        self.num_target = len(self.target.train) if self.train_target else 0
+        self.train_transform = build_train_transform(
+            c.data.height, c.data.width, flip_p=c.data.flip_p, padding=c.data.padding, erasing_p=c.data.erasing_p,
+            padding_mode=c.data.padding_mode, padding_fill=c.data.padding_fill,
+        )
+        self.test_transform = build_test_transform(c.data.height, c.data.width)
+        # hashed once: every checkpoint stores them, and a resume compares them
+        self.fingerprints = {
+            "source": self.source.fingerprint() if self.source is not None else "",
+            "target": self.target.fingerprint(),
+        }
 
+    def build_model(self) -> None:
+        """The encoder (``model``, described by ``description``) and what a step runs (``network``:
+        the encoder, wrapped in DistributedDataParallel with several processes)."""
+        c = self.config
         pretrained: bool | str = {"imagenet": True, "none": False}.get(c.model.pretrained, c.model.pretrained)
         bn_domains = 2 if c.mode == "uda" and c.model.dsbn else 1
         description = describe_model(c.model, bn_domains, c.data.height, c.data.width)
@@ -204,7 +262,6 @@ class Trainer:
         self.description = {**description, "out_features": self.model.out_features}
         self._bn_buffers = batchnorm_buffers(self.model)
         self.network: torch.nn.Module = self.model
-        """What a training step runs: the encoder, wrapped in DistributedDataParallel with several processes."""
         if self.dist.enabled:
             if c.model.sync_bn:
                 set_bn_groups(self.model, self._bn_group_size(), self.dist)
@@ -213,73 +270,52 @@ class Trainer:
                 forward_sync_buffers=False,  # BN statistics are averaged after each step instead
             )
 
-        self.num_source_classes = self.source.num_train_pids if self.source is not None else 0
-        self.num_target = len(self.target.train) if self.train_target else 0
-        self.memory: HybridMemory | ClusterMemory | CameraAwareMemory
-        if c.memory.camera_aware:
-            self.memory = CameraAwareMemory(
-                self.model.out_features, self._target_cameras(), temp=c.memory.temp, momentum=c.memory.momentum,
-                num_source_classes=self.num_source_classes, negatives=c.memory.negatives,
-                inter_weight=c.memory.inter_camera_weight,
-            ).to(self.device)
-        elif c.memory.kind == "cluster":
-            self.memory = ClusterMemory(
-                self.model.out_features, self.num_source_classes, temp=c.memory.temp, momentum=c.memory.momentum,
-                hard=c.memory.cluster_update == "hard", num_source_classes=self.num_source_classes,
-                num_target=self.num_target,
-            ).to(self.device)
-        else:
-            self.memory = HybridMemory(
-                self.model.out_features,
-                self.num_source_classes + self.num_target,
-                temp=c.memory.temp,
-                momentum=c.memory.momentum,
-                num_source_classes=self.num_source_classes,
-                source_update=c.memory.source_update,
-                dtype=getattr(torch, c.memory.precision),
-            ).to(self.device)
-        self.labeler = target_labeler(c, self.target, self.device, self.progress) if self.train_target else None
+    def build_memory(self) -> None:
+        """The method's memory (``memory``) and the stage that labels the target each epoch
+        (``labeler``, with the clustering settings the method asks for)."""
+        c = self.config
+        cameras = [cam for _, _, cam in self.target.train] if self.train_target else []
+        data = MemoryData(self.model.out_features, self.num_source_classes, self.num_target, cameras)
+        self.memory: SlotMemory = self.method.from_config(c.memory, data).to(self.device)
+        settings = self.method.pseudo_settings(c.pseudo)
+        self.labeler = target_labeler(c, self.target, self.device, self.progress, settings) if self.train_target else None
 
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(params, lr=c.optim.lr, weight_decay=c.optim.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, c.optim.step_size, c.optim.gamma)
+    def build_optimizer(self) -> None:
+        """The optimiser, its per-epoch learning-rate schedule and the fp16 gradient scaler."""
+        c = self.config
+        self.optimizer = build_optimizer([p for p in self.model.parameters() if p.requires_grad], c.optim)
+        self.scheduler = build_scheduler(self.optimizer, c.optim)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
-        self.train_transform = build_train_transform(
-            c.data.height, c.data.width, flip_p=c.data.flip_p, padding=c.data.padding, erasing_p=c.data.erasing_p,
-            padding_mode=c.data.padding_mode, padding_fill=c.data.padding_fill,
-        )
-        self.test_transform = build_test_transform(c.data.height, c.data.width)
-        self.epoch = 0
-        self.iteration = 0
-        """Steps done in the current epoch (0 between epochs)."""
-        self.memory_ready = False
-        self.best: dict[str, float] = {"mAP": -1.0, "epoch": -1}
-        self.history: list[EpochLog] = []
-        self._epoch = _EpochProgress()
-        self._loaders: dict[str, TrainLoader] = {}
-        """The loaders of the epoch in progress (empty between epochs)."""
-        self._kept_loaders: dict[str, TrainLoader] = {}
-        self._resume_loaders: dict[str, dict[str, int]] = {}
-        self.saved_at: tuple[int, int] | None = None
-        """(epoch, iteration) of the last ``save_progress``."""
-        # hashed once: every checkpoint stores them, and a resume compares them
-        self.fingerprints = {
-            "source": self.source.fingerprint() if self.source is not None else "",
-            "target": self.target.fingerprint(),
-        }
+    # ------------------------------------------------------------------------------------------------
+    # where the run stands (owned by ``run``)
 
-    def _target_cameras(self) -> np.ndarray:
-        """Camera codes of the target training images; camera-aware proxies need every one."""
-        cams = [cam for _, _, cam in self.target.train] if self.train_target else []
-        missing = sum(cam is None for cam in cams)
-        if missing:
-            raise ValueError(
-                f"memory.camera_aware needs the camera of every target training image, but {missing} of "
-                f"{len(cams)} images of {self.target.name} have none: give cameras (the camid column of a "
-                "manifest, _cN_ in Market-style names) or turn memory.camera_aware off"
-            )
-        return camera_codes(cams)
+    @property
+    def epoch(self) -> int:
+        """Epochs done."""
+        return self.run.epoch
+
+    @property
+    def iteration(self) -> int:
+        """Steps done in the current epoch (0 between epochs)."""
+        return self.run.iteration
+
+    @property
+    def history(self) -> list[EpochLog]:
+        return self.run.history
+
+    @property
+    def memory_ready(self) -> bool:
+        return self.run.memory_ready
+
+    @property
+    def best(self) -> dict[str, float]:
+        """The best evaluation so far: ``mAP`` and its ``epoch``."""
+        return self.run.best
+
+    @best.setter
+    def best(self, value: dict[str, float]) -> None:
+        self.run.best = dict(value)
 
     def _check_processes(self) -> None:
         """Refuse a split over the processes that would change what a step computes."""
@@ -369,8 +405,8 @@ class Trainer:
                 if self.iteration == 0:
                     self._call("before_epoch")
                     started = time.time()
-                    self._epoch = _EpochProgress(labels=self.assign_labels())
-                    self._epoch.seconds = time.time() - started
+                    self.run.current = EpochInProgress(labels=self.assign_labels())
+                    self.run.current.seconds = time.time() - started
                 entry = self.train_epoch()
                 self.history.append(entry)
                 self._call("after_epoch", entry)
@@ -398,11 +434,13 @@ class Trainer:
             features = self._extract(self.source.train, 0, "source features")
             self.memory.init_source(features, [p for _, p, _ in self.source.train])
         fault_point("init_memory")
-        if self.train_target and isinstance(self.memory, HybridMemory):
-            # in the memory's precision: a float16 memory of 10^6 targets never needs them in float32
-            features = self._extract(self.target.train, -1, "target features", self.memory.features.dtype)
-            self.memory.init_target(features)
-        self.memory_ready = True  # a cluster memory's target slots come with each epoch's clusters
+        if self.train_target:
+            self.memory.initial_target(self._extract_target)  # SpCL's instances; others fill theirs each epoch
+        self.run.memory_ready = True
+
+    def _extract_target(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The target training features under the current encoder (evaluation mode, target BNs)."""
+        return self._extract(self.target.train, -1, "target features", dtype)
 
     def _extract(self, items: list[Item], domain: int, desc: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         c = self.config
@@ -419,12 +457,8 @@ class Trainer:
         remedy = ("lower pseudo.k1 (the neighbours kept per image), or use --pseudo.neighbors approximate; on an "
                   "accelerator, --device cpu gives the search the machine's memory")
         labeler = self.labeler
-        memory = self.memory
-        if isinstance(memory, (ClusterMemory, CameraAwareMemory)):
-            # Cluster Contrast: this epoch's features from the current encoder (evaluation mode, target BNs)
-            features = self._extract(self.target.train, -1, "target features")
-        else:
-            features = memory.target_features  # SpCL: the memory's instance features
+        # SpCL clusters its memory's instances, the other methods fresh features of the current encoder
+        features = self.memory.clustering_features(self._extract_target)
 
         def compute() -> tuple[TargetLabels, dict[str, Any]]:
             with memory_advice(f"pseudo-labelling {self.num_target} target features on {self.device}", remedy):
@@ -434,62 +468,55 @@ class Trainer:
         if not self.dist.is_main:
             labeler.load_state_dict(state)  # e.g. the alpha fixed at the first epoch
         fault_point(f"labels:{self.epoch + 1}")
-        if isinstance(memory, (ClusterMemory, CameraAwareMemory)):
-            if isinstance(memory, CameraAwareMemory):
-                memory.inter_camera = self.epoch >= self.config.memory.inter_camera_from
-            if not (labels.labels >= 0).any():
-                raise ValueError(
-                    f"epoch {self.epoch + 1}: DBSCAN put every target image out of the clusters, so the cluster memory "
-                    "has nothing to train on; raise pseudo.eps or lower pseudo.min_samples"
-                )
-            memory.set_clusters(features, labels.labels)
-        else:
-            memory.set_pseudo_labels(labels.labels)
+        try:
+            self.memory.set_epoch_labels(self.epoch, features, labels.labels)
+        except ValueError as error:
+            raise ValueError(f"epoch {self.epoch + 1}: {error}") from None
         return labels
 
     def train_epoch(self) -> EpochLog:
-        """The epoch's steps of the unified contrastive loss and momentum updates (SPEC sections 3,
-        7), from the step the epoch is at; returns the epoch's record."""
-        c = self.config
-        if self.iteration == 0:
-            torch.manual_seed(derive_seed(c.seed, self.epoch, RngStream.AUGMENTATION))  # dropout
-        self._loaders = self._make_loaders()
+        """The epoch's steps of the method's loss and momentum updates (SPEC sections 3, 7), from the
+        step the epoch is at; returns the epoch's record."""
+        c, run = self.config, self.run
+        if run.iteration == 0:
+            torch.manual_seed(derive_seed(c.seed, run.epoch, RngStream.AUGMENTATION))  # dropout
+        run.loaders = self._make_loaders()
         started = time.time()
         self.model.train()
         iters = c.iters_per_epoch
-        epoch = self._epoch
-        bar = progress(range(self.iteration, iters), f"epoch {self.epoch + 1}/{c.optim.epochs}", enabled=self.progress)
+        current = run.current
+        bar = progress(range(run.iteration, iters), f"epoch {run.epoch + 1}/{c.optim.epochs}", enabled=self.progress)
         for iteration in bar:
             step = self.train_step(iteration)
-            epoch.totals = [t + v for t, v in zip(epoch.totals, (step.loss, step.loss_source, step.loss_target))]
-            self.iteration = iteration + 1
+            current.add(step)
+            run.iteration = iteration + 1
             bar.set_postfix(loss=f"{step.loss:.3f}")
-            fault_point(f"step:{self.epoch + 1}:{self.iteration}")
+            fault_point(f"step:{run.epoch + 1}:{run.iteration}")
             self._call("after_step", step)
-        epoch.seconds += time.time() - started
+        current.seconds += time.time() - started
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
-        self.epoch += 1
-        self.iteration = 0
-        self._loaders = {}
-        mean = [t / iters for t in epoch.totals]
-        labels = epoch.labels
-        self._epoch = _EpochProgress()
+        run.epoch += 1
+        run.iteration = 0
+        run.loaders = {}
+        mean = {name: total / iters for name, total in current.totals.items()}
+        labels = current.labels
+        run.current = EpochInProgress()
         return EpochLog(
-            epoch=self.epoch, loss=float(mean[0]), loss_source=float(mean[1]), loss_target=float(mean[2]),
+            epoch=run.epoch, loss=float(mean.pop("loss", float("nan"))), losses={k: float(v) for k, v in mean.items()},
             num_clusters=labels.num_clusters if labels else 0, num_outliers=labels.num_outliers if labels else 0,
             alpha=float(labels.alpha) if labels and labels.alpha is not None else float("nan"), lr=lr,
-            seconds=epoch.seconds, quality=dict(labels.quality) if labels else {},
+            seconds=current.seconds, quality=dict(labels.quality) if labels else {},
         )
 
     def train_step(self, iteration: int) -> StepLosses:
-        """Forward both domains' batches, the loss against the memory as it was before this step,
-        an optimizer step, then the memory's momentum update with the whole global batch."""
+        """Forward both domains' batches, the method's loss against the memory as it was before this
+        step, an optimizer step, then the memory's momentum update with the whole global batch."""
         images, slots = [], []
-        for domain, loader in self._loaders.items():
+        for domain, loader in self.run.loaders.items():
             batch_images, batch_pids, batch_index = loader.next()
             images.append(batch_images)
-            # a source sample's slot is its class centroid, a target sample's its own instance
+            # a source sample's slot is its class centroid, a target sample's what the method gives it
             slots.append(self.memory.source_slots(batch_pids) if domain == "source" else self.memory.target_slots(batch_index))
         batch = torch.cat(images).to(self.device, non_blocking=True)
         if self.channels_last:
@@ -499,17 +526,15 @@ class Trainer:
             features = self.network(batch)
         features = features.float()  # the memory, its update and the loss stay float32
         sizes = [len(s) for s in slots]
-        # one pass over the memory for both domains: the mean over the source samples, the mean over the target ones
-        batch_slots = torch.cat(slots)
-        extra = {}
-        if isinstance(self.memory, CameraAwareMemory) and self.dist.enabled:
-            # CAP's per-camera means run over the global batch, whose slots every rank needs
-            extra["batch_slots"] = torch.cat(self.dist.gather_equal(batch_slots.to(features.device)))
-        terms = dict(zip(("source", "target"), self.memory.loss_terms(features, batch_slots, **extra)))
-        parts = [terms[domain] for domain in self._loaders]
-        loss = sum(parts)
+        local_slots = torch.cat(slots).to(features.device)
+        # the global batch's slots in the order one process would see them: losses that depend on the
+        # batch's composition (per-camera means) and the momentum update need them
+        batch_slots = self._global_order(self.dist.gather_equal(local_slots), sizes) if self.dist.enabled else local_slots
+        # one pass over the memory for both domains
+        terms = self.memory.loss_terms(features, local_slots, batch_slots)
+        loss = sum(terms.values())
         # the global batch's losses (equal slices: the mean of the ranks' means), the same on every rank
-        values = self.dist.mean(torch.stack([loss.detach(), *(p.detach() for p in parts)]))
+        values = self.dist.mean(torch.stack([loss.detach(), *(t.detach() for t in terms.values())]))
         if not math.isfinite(values[0]):
             raise TrainingDiverged(
                 f"loss became {values[0]} at epoch {self.epoch + 1}; the last good checkpoint "
@@ -521,20 +546,17 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.dist.average_(self._bn_buffers)
-        self._update_memory(features.detach(), slots, sizes)
-        named = dict(zip(self._loaders, values[1:]))
-        return StepLosses(iteration, values[0], named.get("source", float("nan")), named.get("target", float("nan")))
-
-    def _update_memory(self, features: torch.Tensor, slots: list[torch.Tensor], sizes: list[int]) -> None:
-        """The momentum update with the global batch in the order one process would see it: each
-        domain's slices of all ranks in rank order, source before target."""
-        slot_tensor = torch.cat(slots).to(features.device)
+        features = features.detach()
         if self.dist.enabled:
-            gathered = self.dist.gather_equal(features)
-            gathered_slots = self.dist.gather_equal(slot_tensor)
-            features = torch.cat([part for domain in zip(*(g.split(sizes) for g in gathered)) for part in domain])
-            slot_tensor = torch.cat([part for domain in zip(*(g.split(sizes) for g in gathered_slots)) for part in domain])
-        self.memory.update(features, slot_tensor)
+            features = self._global_order(self.dist.gather_equal(features), sizes)
+        self.memory.update(features, batch_slots)
+        return StepLosses(iteration, float(values[0]), dict(zip(terms, (float(v) for v in values[1:]))))
+
+    @staticmethod
+    def _global_order(gathered: list[torch.Tensor], sizes: list[int]) -> torch.Tensor:
+        """The ranks' slices of a global batch in the order one process would see them: each
+        domain's slices of all ranks in rank order, source before target."""
+        return torch.cat([part for domain in zip(*(g.split(sizes) for g in gathered)) for part in domain])
 
     def _make_loaders(self) -> dict[str, TrainLoader]:
         """The epoch's streams: source (true labels) and target (this epoch's labels), each where a
@@ -544,11 +566,11 @@ class Trainer:
             source_pids = np.array([p for _, p, _ in self.source.train])
             loaders["source"] = self._loader("source", self.source.train, source_pids, RngStream.SOURCE_SAMPLER)
         if self.train_target:
-            sampled = self.memory.sampling_labels.cpu().numpy()  # camera-aware proxies: the proxies, not the clusters
+            sampled = self.memory.sampling_labels.cpu().numpy()  # what the method draws: clusters, proxies, ...
             loaders["target"] = self._loader("target", self.target.train, sampled, RngStream.TARGET_SAMPLER)
-        for domain, state in self._resume_loaders.items():
+        for domain, state in self.run.resume_loaders.items():
             loaders[domain].load_state_dict(state)
-        self._resume_loaders = {}
+        self.run.resume_loaders = {}
         return loaders
 
     def _loader(self, domain: str, items: list[Item], pids: np.ndarray, stream: RngStream) -> TrainLoader:
@@ -599,7 +621,7 @@ class Trainer:
             "optimizer": self.optimizer,
             "scheduler": self.scheduler,
             "memory": self.memory,
-            "trainer": _Progress(self),
+            "trainer": self.run,
             "rng": _TorchRNG(),
         }
         if self.labeler is not None:
@@ -647,6 +669,8 @@ class Trainer:
     def _check_settings(self, state: dict[str, Any]) -> None:
         """Refuse to continue a run with other training settings; say which changes are allowed."""
         saved_config = config_of(state)
+        if saved_config.memory.kind == self.config.memory.kind:  # a run of an earlier version: as this one reads it
+            saved_config = dataclasses.replace(saved_config, memory=self.method.resolve(saved_config.memory))
         saved = {**saved_config.to_dotted(), "iterations per epoch": saved_config.iters_per_epoch}
         now = {**self.config.to_dotted(), "iterations per epoch": self.config.iters_per_epoch}
         changed = {key for key in now if saved.get(key) != now[key]}
