@@ -33,7 +33,7 @@ def test_method_runs_have_folders_of_their_own() -> None:
     assert len({_slug(name) for name in names}) == len(names)
     assert _slug("SpCL (UDA)") == "spcl" and _slug("Cluster Contrast (USL)") == "cluster-contrast-usl"
     kinds = {overrides.get("memory.kind", "hybrid") for _, overrides in METHODS.values()}
-    assert kinds == {"hybrid", "cluster", "cap"}
+    assert kinds == {"hybrid", "cluster", "cap", "o2cap"}
 
 
 def test_a_table_measured_in_parts_merges_in_table_order(tmp_path) -> None:

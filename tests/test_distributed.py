@@ -177,6 +177,8 @@ def _assert_ranks_agree(ranks: list[dict[str, Any]]) -> None:
     # batch; one epoch, as the hard update's argmin turns float rounding into another pulling sample later on
     ("uda", {"memory.kind": "cluster", "memory.cluster_update": "hard", "memory.momentum": 0.1, "optim.epochs": 1}),
     # camera-aware proxies: per-camera means over the global batch, whose cameras differ from slice to slice
+    # O2CAP: the online association's selections and per-camera means over the global batch
+    ("uda", {"memory.kind": "o2cap", "memory.negatives": 5, "optim.epochs": 1}),
     ("usl", {"memory.kind": "cap", "memory.inter_camera_from": 0,
              "memory.negatives": 5, "model.images_per_bn": 8, "optim.epochs": 1}),
 ])

@@ -394,6 +394,24 @@ def test_camera_aware_proxies_train_and_resume_bit_identical(data_root: Path, tm
     assert min(drawn) >= 0 and len(set(drawn)) > memory.num_clusters  # proxies, more of them than clusters
 
 
+@pytest.mark.parametrize("mode", ["usl", "uda"])
+def test_o2cap_trains_its_two_terms_and_resumes_bit_identical(data_root: Path, tmp_path: Path, mode: str) -> None:
+    extra = {"memory.kind": "o2cap", "memory.negatives": 5, "eval.every": 0, "optim.epochs": 3,
+             "optim.warmup_epochs": 2, "optim.milestones": "2"}
+    full = _three_epochs_and_a_resume(data_root, tmp_path, mode, extra,
+                                      ("features", "assignment", "proxy_cluster", "proxy_camera"))
+    memory = full.memory
+    assert memory.kind == "o2cap" and (memory.temp, memory.momentum, memory.positives) == (0.07, 0.2, 3)
+    expected = ["offline", "online"] if mode == "usl" else ["source", "offline", "online"]
+    for entry in full.history:
+        assert list(entry.losses) == expected and all(v > 0 for v in entry.losses.values())
+        assert entry.loss == pytest.approx(sum(entry.losses.values()), rel=1e-5)
+    # the warm-up, then the step at epoch 2: 0.01, 0.505, then 0.1 of the rate
+    assert [e.lr for e in full.history] == pytest.approx([3.5e-6, 3.5e-4 * 0.505, 3.5e-5])
+    rows = (tmp_path / "full" / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,loss," + ",".join(f"loss_{name}" for name in expected) + ",")
+
+
 def test_a_subclass_registered_under_a_new_name_trains_without_other_change(data_root: Path, tmp_path: Path) -> None:
     from spcl.memory import CameraAwareMemory, register_memory
 

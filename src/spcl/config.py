@@ -101,11 +101,12 @@ class MemoryConfig:
     """The method: 'hybrid' (SpCL: source centroids, target instances, self-paced clusters),
     'cluster' (Cluster Contrast: one slot per cluster, set each epoch from fresh features; outliers
     leave training), 'cap' (camera-aware proxies: one per cluster and camera, CAP's intra- and
-    inter-camera terms), or any kind registered with ``spcl.memory.register_memory``."""
+    inter-camera terms), 'o2cap' (the same proxies, O2CAP's offline and online association terms), or
+    any kind registered with ``spcl.memory.register_memory``."""
     temp: float | None = None
-    """Softmax temperature (hybrid, cluster: 0.05; cap: 0.07)."""
+    """Softmax temperature (hybrid, cluster: 0.05; cap, o2cap: 0.07)."""
     momentum: float | None = None
-    """The update's momentum (hybrid 0.2, cluster 0.1 as in Cluster Contrast's scripts, cap 0.2)."""
+    """The update's momentum (hybrid 0.2, cluster 0.1 as in Cluster Contrast's scripts, cap and o2cap 0.2)."""
     source_update: Literal["sample", "mean"] | None = None
     """hybrid: 'sample' = each sample pulls its class centroid in turn (reference, default); 'mean' =
     once per class (paper)."""
@@ -113,7 +114,13 @@ class MemoryConfig:
     """cluster: 'sample' (default) = every batch sample pulls its slot in batch order; 'hard' = each
     slot of the batch is pulled once, by its batch sample least similar to it (Cluster Contrast's use_hard)."""
     negatives: int | None = None
-    """cap: the hardest other-cluster proxies of the inter-camera term (50)."""
+    """cap: the hardest other-cluster proxies of the inter-camera term (50); o2cap: the hard negatives
+    of each association term (50)."""
+    positives: int | None = None
+    """o2cap: online positives, the best proxies of this many cameras (3)."""
+    balance: float | None = None
+    """o2cap: weight of the instance-to-proxy similarity in the online association (0.15; the rest is
+    proxy-to-proxy similarity)."""
     inter_camera_weight: float | None = None
     """cap: weight of the inter-camera term (0.5)."""
     inter_camera_from: int | None = None
@@ -264,6 +271,8 @@ class Config:
             ("memory.temp", mem.temp, mem.temp is None or mem.temp > 0, "> 0"),
             ("memory.momentum", mem.momentum, mem.momentum is None or 0.0 <= mem.momentum < 1.0, "in [0, 1)"),
             ("memory.negatives", mem.negatives, mem.negatives is None or mem.negatives >= 1, ">= 1"),
+            ("memory.positives", mem.positives, mem.positives is None or mem.positives >= 1, ">= 1"),
+            ("memory.balance", mem.balance, mem.balance is None or 0.0 <= mem.balance <= 1.0, "in [0, 1]"),
             ("memory.inter_camera_weight", mem.inter_camera_weight,
              mem.inter_camera_weight is None or mem.inter_camera_weight >= 0, ">= 0"),
             ("memory.inter_camera_from", mem.inter_camera_from,

@@ -39,6 +39,8 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "Cluster Contrast (USL)": ("usl", {"memory.kind": "cluster"}),
     "camera-aware proxies (UDA)": ("uda", {"memory.kind": "cap"}),
     "camera-aware proxies (USL)": ("usl", {"memory.kind": "cap"}),
+    "O2CAP (UDA)": ("uda", {"memory.kind": "o2cap"}),
+    "O2CAP (USL)": ("usl", {"memory.kind": "o2cap"}),
 }
 
 

@@ -7,6 +7,7 @@ method (SPEC sections 3, 11, 12); ``memory.kind`` names it.
   clusters), set each epoch from fresh features; cross-entropy over the slots.
 - ``cap`` (``CameraAwareMemory``): one proxy per (cluster, camera) with CAP's intra- and
   inter-camera terms.
+- ``o2cap`` (``O2CAPMemory``): CAP's proxies with O2CAP's offline and online association terms.
 
 All share ``base.SlotMemory``: the source centroids first, ``source_slots`` / ``target_slots``,
 ``loss`` / ``loss_terms`` (named terms) / ``update``, and what the trainer asks a method (how it is
@@ -17,6 +18,7 @@ from spcl.memory.base import MemoryData, SlotMemory
 from spcl.memory.camera import CameraAwareMemory, ProxyMemory
 from spcl.memory.cluster import ClusterMemory
 from spcl.memory.hybrid import HybridMemory
+from spcl.memory.o2cap import O2CAPMemory
 from spcl.memory.registry import memory_class, register_memory, registered_memories
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "ClusterMemory",
     "HybridMemory",
     "MemoryData",
+    "O2CAPMemory",
     "ProxyMemory",
     "SlotMemory",
     "memory_class",
