@@ -78,3 +78,9 @@ def test_a_subclass_inherits_its_construction() -> None:
                                                                    MemoryData(8, 0, 4))
     assert type(memory) is Warm and memory.kind == "test-registry-warm-cluster" and ClusterMemory.kind == "cluster"
     assert isinstance(memory, SlotMemory) and memory.momentum == 0.1
+
+    class Wrapped(ClusterMemory):  # a constructor that wraps its parent's: the parent's defaults still hold
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+
+    assert Wrapped.defaults() == ClusterMemory.defaults()

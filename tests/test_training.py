@@ -431,6 +431,19 @@ def test_a_subclass_registered_under_a_new_name_trains_without_other_change(data
     assert load_checkpoint(tmp_path / "variant" / "last.pth")["memory"]["_extra_state"]["kind"] == "test-training-cap-variant"
 
 
+def test_a_run_can_start_from_an_earlier_runs_encoder(data_root: Path, tmp_path: Path) -> None:
+    first = _run(_config(data_root, tmp_path / "spcl", "usl", **{"optim.epochs": 1, "eval.every": 0}))
+    config = _config(data_root, tmp_path / "cc", "usl", **{"memory.kind": "cluster", "optim.epochs": 1, "eval.every": 0,
+                                                            "model.init_from": str(tmp_path / "spcl" / "last.pth")})
+    second = Trainer(config, log=lambda _: None, progress=False)
+    for name, value in first.model.state_dict().items():
+        assert torch.equal(second.model.state_dict()[name], value), name
+    assert second.epoch == 0 and second.memory.kind == "cluster"
+    other = dataclasses.replace(config, mode="uda", data=dataclasses.replace(config.data, source=str(data_root / "src")))
+    with pytest.raises(CheckpointError, match="bn_domains: 1 there, 2 here"):
+        Trainer(other, log=lambda _: None, progress=False)
+
+
 def test_camera_aware_proxies_need_cameras(tmp_path: Path) -> None:
     from PIL import Image
 

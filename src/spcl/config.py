@@ -75,6 +75,10 @@ class ModelConfig:
     arch: str = "resnet50"
     pretrained: str = "imagenet"
     """'imagenet' (torchvision cache, no download), 'none', or a path to a state dict."""
+    init_from: str = ""
+    """An spcl checkpoint whose encoder starts this run (instead of ``pretrained``): e.g. a few epochs of
+    one method before another, or a source-trained model before adaptation. Its architecture, feature
+    size, pooling and BN domains must be this run's; the memory and optimiser start afresh."""
     features: int = 0
     """Optional linear embedding size; 0 keeps the backbone width (2048 for ResNet-50)."""
     pooling: Literal["avg", "gem"] = "avg"

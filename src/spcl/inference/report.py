@@ -5,7 +5,8 @@ clusters, un-clustered instances, alpha, pseudo-label quality when the truth is 
 ``config.yaml``, the newest evaluation's ranked lists (``eval-epochN/``), and the checkpoint
 (``last.pth``), whose memory holds the last epoch's labels (and, for SpCL's hybrid memory, one
 feature per target training image: the embedding is drawn from those with no image read; for the
-methods whose memory holds clusters or proxies the training images' features are extracted). The page inlines its images (base64) and its style: no script, no font, nothing from
+methods whose memory holds clusters or proxies the training images' features are extracted). The
+page inlines its images (base64) and its style: no script, no font, nothing from
 outside, so it can be mailed or opened offline.
 """
 
@@ -312,7 +313,8 @@ def _clusters_caption(m: dict[str, np.ndarray], config: dict[str, Any]) -> str:
     from spcl.config import PseudoLabelConfig  # noqa: PLC0415 (the report's imports stay light)
 
     method = _method_class(config)
-    pseudo = PseudoLabelConfig(**{k: v for k, v in config.get("pseudo", {}).items() if k in PseudoLabelConfig.__dataclass_fields__})
+    known = PseudoLabelConfig.__dataclass_fields__
+    pseudo = PseudoLabelConfig(**{k: v for k, v in config.get("pseudo", {}).items() if k in known})
     discarded = (method.pseudo_settings(pseudo) if method is not None else pseudo).discard_outliers
     outliers = "left out of the epoch's training" if discarded else "trained on as their own classes"
     alpha = m.get("alpha", np.array([]))
@@ -326,9 +328,9 @@ def _method(config: dict[str, Any]) -> str:
     method = _method_class(config)
     if method is None:
         return f"memory.kind {memory.get('kind')}"
+    if config.get("mode") not in ("uda", "usl"):  # a baseline: the memory, not the method, is what it shares
+        return f"memory.kind {method.kind}"
     title = method.title or f"memory.kind {method.kind}"
-    if config.get("mode") not in ("uda", "usl"):
-        return title.split(" (")[-1].rstrip(")") if "(" in title else title
     update = memory.get("cluster_update")
     return f"{title}, {update} update" if update else title
 

@@ -81,6 +81,8 @@ class SlotMemory(nn.Module):
     once, in its signature, and presets override them."""
     legacy_kinds: ClassVar[tuple[str, ...]] = ()
     """Kinds that checkpoints of earlier versions recorded for this memory."""
+    target_loss_names: ClassVar[tuple[str, ...]] = ("target",)
+    """The names of the target samples' loss terms (``loss_names`` adds ``source`` in UDA)."""
 
     def __init__(
         self, num_features: int, num_slots: int, temp: float, momentum: float, num_source_classes: int,
@@ -120,8 +122,17 @@ class SlotMemory(nn.Module):
     @classmethod
     def defaults(cls) -> dict[str, Any]:
         """The ``MemoryConfig`` value of each setting this method reads, when the config leaves it None."""
-        parameters = inspect.signature(cls.__init__).parameters
-        return {field: parameters[arg].default for field, arg in cls.settings.items()}
+        defaults = {}
+        for field, arg in cls.settings.items():
+            # the nearest constructor that names the argument (a subclass may wrap it in *args, **kwargs)
+            for klass in cls.__mro__:
+                parameter = inspect.signature(klass.__init__).parameters.get(arg) if "__init__" in vars(klass) else None
+                if parameter is not None and parameter.default is not inspect.Parameter.empty:
+                    defaults[field] = parameter.default
+                    break
+            else:
+                raise TypeError(f"{cls.__qualname__}: no constructor gives argument {arg!r} (memory.{field}) a default")
+        return defaults
 
     @classmethod
     def resolve(cls, config: MemoryConfig) -> MemoryConfig:
@@ -170,8 +181,6 @@ class SlotMemory(nn.Module):
         the source samples' term when there is a source, the target terms when a target trains."""
         has_target = self.num_target > 0 or self.num_slots > self.num_source_classes
         return (("source",) if self.num_source_classes else ()) + (self.target_loss_names if has_target else ())
-
-    target_loss_names: ClassVar[tuple[str, ...]] = ("target",)
 
     @property
     def num_target(self) -> int:

@@ -55,6 +55,7 @@ from spcl.training.checkpoint import (
     build_model,
     config_of,
     describe_model,
+    load_checkpoint,
     save_checkpoint,
 )
 from spcl.training.hooks import EpochLog, Hook, StepLosses, TrainingInterrupted, default_hooks
@@ -211,11 +212,11 @@ class Trainer:
         for unread in self.method.unread_settings(config.memory):
             self.log(f"note: {unread} is not a setting of memory.kind {c.memory.kind}: it is ignored")
 
+        self.run = RunProgress(lambda: self.target_labels)
         self.build_data()
         self.build_model()
         self.build_memory()
         self.build_optimizer()
-        self.run = RunProgress(lambda: self.target_labels)
         self._kept_loaders: dict[str, TrainLoader] = {}
         self.saved_at: tuple[int, int] | None = None
         """(epoch, iteration) of the last ``save_progress``."""
@@ -257,7 +258,11 @@ class Trainer:
         pretrained: bool | str = {"imagenet": True, "none": False}.get(c.model.pretrained, c.model.pretrained)
         bn_domains = 2 if c.mode == "uda" and c.model.dsbn else 1
         description = describe_model(c.model, bn_domains, c.data.height, c.data.width)
-        self.model = build_model(description, pretrained, freeze_dsbn_neck_bias=c.model.freeze_dsbn_neck_bias)
+        start = self._starting_encoder(description) if c.model.init_from else None
+        self.model = build_model(description, pretrained if start is None else False,
+                                 freeze_dsbn_neck_bias=c.model.freeze_dsbn_neck_bias)
+        if start is not None:
+            self.model.load_state_dict(start)
         self.model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
         self.description = {**description, "out_features": self.model.out_features}
         self._bn_buffers = batchnorm_buffers(self.model)
@@ -269,6 +274,20 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 forward_sync_buffers=False,  # BN statistics are averaged after each step instead
             )
+
+    def _starting_encoder(self, description: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The weights of ``model.init_from``'s encoder, refused unless it is built as this run's."""
+        path = self.config.model.init_from
+        state = load_checkpoint(path)
+        saved = state["model"]
+        differ = [key for key in ("arch", "features", "pooling", "dropout", "bn_domains") if saved.get(key) != description[key]]
+        if differ:
+            listed = "; ".join(f"{key}: {saved.get(key)!r} there, {description[key]!r} here" for key in differ)
+            raise CheckpointError(
+                f"model.init_from {path}: its encoder is not built as this run's ({listed}); BN domains differ "
+                "between a UDA run with DSBN (2) and the others (1)"
+            )
+        return state["state_dict"]
 
     def build_memory(self) -> None:
         """The method's memory (``memory``) and the stage that labels the target each epoch
