@@ -71,6 +71,8 @@ def test_the_earlier_camera_aware_switch_loads_as_kind_cap(caplog: pytest.LogCap
     assert c.memory.kind == "cap"
     assert [r.getMessage() for r in caplog.records] == ["note: memory.camera_aware: true is now written memory.kind: cap (read as such)"]
     assert load_config(overrides={"mode": "usl", "memory.camera_aware": False}).memory.kind == "hybrid"
+    args = build_parser().parse_args(["train", "usl", "--memory.kind", "cluster", "--memory.camera_aware", "true"])
+    assert _config_from_args(args, args.mode).memory.kind == "cap"
 
 
 def test_schedule_settings_are_checked_and_milestones_read_from_text_or_lists(tmp_path) -> None:

@@ -180,12 +180,28 @@ def test_any_settings_load_or_give_a_config_error_naming_the_field(overrides) ->
         message = str(exc)
         assert any(str(key).split(".")[0] in message for key in overrides) or "mode" in message, message
         return
-    words = {"true", "false", "yes", "no", "on", "off", "1", "0", "none", "null", ""}
     for key, value in overrides.items():  # what loaded is what was asked, in the field's type
         node = config
         for part in key.split("."):
             node = getattr(node, part)
-        assert node == value or str(node) == str(value) or float(node) == float(value) or str(value).lower() in words
+        assert _loaded_as_asked(node, value), (key, value, node)
+
+
+def _loaded_as_asked(node, value) -> bool:
+    """Whether a loaded field holds the value given, read in the field's type (a switch word, a number
+    written as text, a list written as "20,40")."""
+    if isinstance(node, tuple):  # a list field: from a list, or from text such as "20,40" or "()"
+        if isinstance(value, str):
+            text = value.strip().strip("()[]")
+            value = [] if text.lower() in ("", "none") else text.replace(",", " ").split()
+        return [float(x) for x in node] == [float(x) for x in value]
+    words = {"true", "false", "yes", "no", "on", "off", "1", "0", "none", "null", ""}
+    if node == value or str(node) == str(value) or str(value).lower() in words:
+        return True
+    try:
+        return float(node) == float(value)
+    except (TypeError, ValueError):
+        return False
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -70,6 +70,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             f"--{key}", dest=f"cfg:{key}", default=argparse.SUPPRESS, metavar="V", choices=choices,
             help=f"{doc} (default: {default})" if doc else f"(default: {default})",
         )
+    # settings of earlier versions, read as this version spells them (spcl.config.upgrade_settings)
+    full.add_argument("--memory.camera_aware", dest="cfg:memory.camera_aware", default=argparse.SUPPRESS,
+                      metavar="V", help=argparse.SUPPRESS)
 
 
 def _config_from_args(args: argparse.Namespace, mode: str | None = None) -> Any:
