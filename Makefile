@@ -7,7 +7,7 @@ TEST_STAMP := $(VENV)/.test-stamp
 DATA ?= data
 RUNS ?= runs
 
-.PHONY: setup demo test test-all benchmark methods clean
+.PHONY: setup demo test test-all benchmark methods gpu-check clean
 
 # Set-up is idempotent: the stamp is only rebuilt when the requirements change.
 $(STAMP): pyproject.toml requirements.txt
@@ -35,6 +35,13 @@ test-all: $(TEST_STAMP)
 
 benchmark: $(STAMP)
 	$(PY) -m spcl demo --data-root $(DATA) --output $(RUNS)/benchmark --seeds 0 1 2 --ablations
+
+# The prepared check of a lent GPU machine, with the PyTorch installed there (this project's
+# virtual environment when it exists, else $(PYTHON)); without CUDA it runs at tiny sizes.
+GPU_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	$(GPU_PY) -c "import spcl" 2>/dev/null || $(GPU_PY) -m pip install --quiet --no-deps -e .
+	$(GPU_PY) bench/gpu_check.py
 
 methods: $(STAMP)
 	$(PY) -m spcl demo --data-root $(DATA) --output $(RUNS)/methods --seeds 0 1 2 --methods

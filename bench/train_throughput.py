@@ -91,6 +91,7 @@ def spcl_step(root: Path, device: torch.device, batch: int, height: int, width: 
     config = load_config(overrides={
         "mode": "uda", "data.source": str(root / "src"), "data.target": str(root / "tgt"), "data.height": height,
         "data.width": width, "model.pretrained": "none", "optim.batch_size": batch, "device": str(device),
+        "model.images_per_bn": 16 if batch % 16 == 0 else 0,
         "runtime.amp": amp, "runtime.channels_last": layout, "output": str(root / "run"),
     })
     trainer = Trainer(config, log=lambda _: None, progress=False, hooks=[])
@@ -99,8 +100,8 @@ def spcl_step(root: Path, device: torch.device, batch: int, height: int, width: 
     memory.set_pseudo_labels(np.concatenate([np.repeat(np.arange(700), 15), 700 + np.arange(TARGET_IMAGES - 10_500)]))
     trainer.memory = memory.to(device)
     pin = device.type == "cuda"
-    trainer._loaders = {"source": _Batches(batch, height, width, SOURCE_CLASSES, 1, pin),
-                        "target": _Batches(batch, height, width, SOURCE_CLASSES, 2, pin)}
+    trainer.run.loaders = {"source": _Batches(batch, height, width, SOURCE_CLASSES, 1, pin),
+                           "target": _Batches(batch, height, width, SOURCE_CLASSES, 2, pin)}
     trainer.model.train()
     return lambda: trainer.train_step(0)
 
@@ -250,6 +251,7 @@ def labels_and_features_table(device: torch.device, count: int, dim: int, extrac
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true", help="CPU sizes (a few minutes)")
+    parser.add_argument("--tiny", action="store_true", help="smoke-test sizes (seconds: proves the script runs)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--batch", type=int, help="images per domain in the training step")
@@ -259,8 +261,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="parts to leave out")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
-    if args.small:
-        sizes: dict[str, Any] = dict(batch=16, height=128, width=64, warmup=1, repeats=5, jpegs=512, count=8000,
+    if args.tiny:
+        sizes: dict[str, Any] = dict(batch=4, height=64, width=32, warmup=1, repeats=2, jpegs=32, count=600,
+                                     dim=64, extract=64)
+    elif args.small:
+        sizes = dict(batch=16, height=128, width=64, warmup=1, repeats=5, jpegs=512, count=8000,
                                      dim=256, extract=512)
     else:
         sizes = dict(batch=64, height=256, width=128, warmup=5, repeats=20, jpegs=8192, count=MSMT17_TRAIN, dim=2048,
