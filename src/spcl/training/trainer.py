@@ -30,6 +30,7 @@ times the memory) and one computation cannot disagree with itself. Only rank 0 w
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import time
 from collections.abc import Sequence
@@ -86,6 +87,13 @@ RESUMABLE_CHANGES = (
 """Settings a resume may change: how long to train, how and when to evaluate, where things are and
 how fast they are read and computed. The data itself is compared by its fingerprints; the number of
 processes is not a setting (a run may resume with any)."""
+
+
+# DDP's switch that stops it copying rank 0's buffers at every forward: forward_sync_buffers in the
+# newest PyTorch, broadcast_buffers before it (PyTorch 2.11, the lowest supported)
+_NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
+                   if "forward_sync_buffers" in inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
+                   else {"broadcast_buffers": False})
 
 
 def _silent(message: str) -> None:
@@ -272,7 +280,7 @@ class Trainer:
                 set_bn_groups(self.model, self._bn_group_size(), self.dist)
             self.network = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                forward_sync_buffers=False,  # BN statistics are averaged after each step instead
+                **_NO_BUFFER_SYNC,  # BN statistics are averaged after each step instead
             )
 
     def _starting_encoder(self, description: dict[str, Any]) -> dict[str, torch.Tensor]:
