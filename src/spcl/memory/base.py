@@ -196,6 +196,11 @@ class SlotMemory(nn.Module):
         """The target instance features a checkpoint's memory holds, or None when it holds none."""
         return None
 
+    @staticmethod
+    def state_source_classes(state: dict[str, Any]) -> int:
+        """The number of source class slots of a checkpoint's memory state."""
+        return int(state.get("_extra_state", {}).get("num_source_classes", 0))
+
     # ---------------------------------------------------------------------------------- layout
     @property
     def num_slots(self) -> int:
@@ -256,10 +261,13 @@ class SlotMemory(nn.Module):
         ``target``, the mean over the target samples, each 0 when the batch has no such sample (a
         term of a domain the memory has no slots for is left out)."""
         is_source = slots < self.num_source_classes
-        terms = {
+        return self._named({
             "source": (nll * is_source).sum() / is_source.sum().clamp(min=1),
             "target": (nll * ~is_source).sum() / (~is_source).sum().clamp(min=1),
-        }
+        })
+
+    def _named(self, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The terms this memory's ``loss_names`` list, in their order (a domain without slots has none)."""
         return {name: terms[name] for name in self.loss_names}
 
     def loss(self, features: torch.Tensor, slots: torch.Tensor, batch_slots: torch.Tensor | None = None) -> torch.Tensor:

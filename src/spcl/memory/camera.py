@@ -73,7 +73,7 @@ class ProxyMemory(SlotMemory):
     @classmethod
     def state_target_labels(cls, state: dict[str, Any]) -> np.ndarray:
         """The cluster of every target sample (not its proxy): a report colours clusters."""
-        source = int(state.get("_extra_state", {}).get("num_source_classes", 0))
+        source = cls.state_source_classes(state)
         assignment, clusters = state["assignment"].numpy(), state["proxy_cluster"].numpy()
         if not len(clusters):
             return np.full_like(assignment, -1)
@@ -135,9 +135,10 @@ class ProxyMemory(SlotMemory):
     def _split(
         self, features: torch.Tensor, slots: torch.Tensor, batch_slots: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The logits over every slot, the source samples' mean cross-entropy over every slot (0
-        without source samples), the target samples' proxies (0 .. P-1) and the weight of each target
-        sample in a sum over the batch's cameras of per-camera means (CAP and O2CAP's reduction).
+        """The source samples' mean cross-entropy over every slot (0 without source samples), the
+        target samples' logits over the proxies (targets x P), their proxies (0 .. P-1) and the weight
+        of each target sample in a sum over the batch's cameras of per-camera means (CAP and O2CAP's
+        reduction).
 
         With several processes the per-camera counts are the global batch's (``batch_slots``) and the
         weights are scaled so that the mean over the ranks is one process's loss."""
@@ -156,10 +157,7 @@ class ProxyMemory(SlotMemory):
             weight = (batch_slots.numel() / slots.numel()) / counts[self.proxy_camera[proxy]].to(logits.dtype)
         else:
             weight = logits.new_zeros(0)
-        return logits, source, proxy, weight
-
-    def _terms(self, source: torch.Tensor, target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {name: value for name, value in {"source": source, **target}.items() if name in self.loss_names}
+        return source, logits[~is_source, s:], proxy, weight
 
     # ---------------------------------------------------------------------------------- update
     @torch.no_grad()
@@ -232,17 +230,15 @@ class CameraAwareMemory(ProxyMemory):
         """``source``: the source samples' mean cross-entropy over every slot; ``intra`` and
         ``inter``: CAP's target terms (the module docstring), each a sum over the batch's cameras of
         per-camera means, ``inter`` weighted and 0 before ``inter_from``."""
-        logits, source, proxy, weight = self._split(features, slots, batch_slots)
-        s = self.num_source_classes
-        zero = logits.new_zeros(())
+        source, target_logits, proxy, weight = self._split(features, slots, batch_slots)
+        zero = source.new_zeros(())
         if not proxy.numel():
-            return self._terms(source, {"intra": zero, "inter": zero})
-        target_logits = logits[slots.to(logits.device) >= s, s:]
+            return self._named({"source": source, "intra": zero, "inter": zero})
         intra = (self._intra(target_logits, proxy, self.proxy_camera[proxy]) * weight).sum()
         inter = zero
         if self.inter_camera and self.inter_weight > 0:
             inter = self.inter_weight * (self._inter(target_logits, proxy) * weight).sum()
-        return self._terms(source, {"intra": intra, "inter": inter})
+        return self._named({"source": source, "intra": intra, "inter": inter})
 
     def _intra(self, logits: torch.Tensor, proxy: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
         """Cross-entropy over the proxies of each sample's own camera."""

@@ -94,7 +94,7 @@ class ClusterMemory(SlotMemory):
 
     @classmethod
     def state_target_labels(cls, state: dict[str, Any]) -> np.ndarray:
-        source = int(state.get("_extra_state", {}).get("num_source_classes", 0))
+        source = cls.state_source_classes(state)
         assignment = state["assignment"].numpy()
         return np.where(assignment >= 0, assignment - source, -1)
 

@@ -148,13 +148,11 @@ class HybridMemory(SlotMemory):
 
     @classmethod
     def state_target_labels(cls, state: dict[str, Any]) -> np.ndarray:
-        source = int(state.get("_extra_state", {}).get("num_source_classes", 0))
-        return state["labels"][source:].numpy()
+        return state["labels"][cls.state_source_classes(state):].numpy()
 
     @classmethod
     def state_target_features(cls, state: dict[str, Any]) -> np.ndarray | None:
-        source = int(state.get("_extra_state", {}).get("num_source_classes", 0))
-        return state["features"][source:].float().numpy()
+        return state["features"][cls.state_source_classes(state):].float().numpy()
 
     # ---------------------------------------------------------------------------------- layout
     @property

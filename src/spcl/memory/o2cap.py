@@ -90,18 +90,16 @@ class O2CAPMemory(ProxyMemory):
     ) -> dict[str, torch.Tensor]:
         """``source``: the source samples' mean cross-entropy over every slot; ``offline`` and
         ``online``: O2CAP's target terms (the module docstring)."""
-        logits, source, proxy, weight = self._split(features, slots, batch_slots)
-        s = self.num_source_classes
+        source, z, proxy, weight = self._split(features, slots, batch_slots)  # z: target samples x proxies
         if not proxy.numel():
-            zero = logits.new_zeros(())
-            return self._terms(source, {"offline": zero, "online": zero})
-        z = logits[slots.to(logits.device) >= s, s:]  # target samples x proxies
+            zero = source.new_zeros(())
+            return self._named({"source": source, "offline": zero, "online": zero})
         similarity = z.detach() * self.temp
         same_cluster = self.proxy_cluster[None, :] == self.proxy_cluster[proxy][:, None]
         offline = soft_cross_entropy(z, same_cluster, hardest_outside(similarity, same_cluster, self.negatives))
         hybrid, chosen = self._online_association(similarity, proxy)
         online = soft_cross_entropy(z, chosen, hardest_outside(hybrid, chosen, self.negatives))
-        return self._terms(source, {"offline": (offline * weight).sum(), "online": (online * weight).sum()})
+        return self._named({"source": source, "offline": (offline * weight).sum(), "online": (online * weight).sum()})
 
     @torch.no_grad()
     def _online_association(self, similarity: torch.Tensor, proxy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
