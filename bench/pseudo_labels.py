@@ -12,11 +12,22 @@ tests/test_pseudo_labels.py and ours on the same features: the time ratio and la
     python bench/pseudo_labels.py --sizes 2000 --dense-size 800 --dim 256   # smoke run
     python bench/pseudo_labels.py --large        # 10^5 exact + approximate, 10^6 approximate (~30 min)
     python bench/pseudo_labels.py --large --large-sizes 20000 --exact-max 20000 --dim 256   # smoke run
+    python bench/pseudo_labels.py --large --generators families sphere cameras --large-sizes 50000 100000 \
+        --probe 8    # the approximate search on three kinds of features (~40 min)
 
-``--large`` draws float16 features of the same structure and, per (N, search), reports the time of
-each stage, the process's peak resident memory and, where the exact search also ran, the
-approximate partition's agreement with the exact one (adjusted Rand index, share of identical
-clusters) and the recall of its neighbour lists.
+``--large`` draws float16 features and, per (generator, N, search), reports the time of each stage,
+the process's peak resident memory and, where the exact search also ran, the approximate
+partition's agreement with the exact one (adjusted Rand index, share of identical clusters) and the
+recall of its neighbour lists. The approximate search runs at each ``--probe`` as given (its recall
+not measured) and as training runs it: measuring its recall on a sample and raising the probe to
+``--recall`` (or searching exactly when that is no slower). Generators (``--generators``):
+
+- ``families``: identities of log-normal size with their own spread and camera modes, grouped into
+  look-alike families of about 8, plus singletons (the generator of every table above);
+- ``sphere``: identity centres spread over the whole sphere, no families, a member-to-member cosine
+  of 0.2-0.6 drawn per identity: loose identities, as early in training or on a new domain;
+- ``cameras``: identities over the whole sphere seen through strong per-camera offsets (6 cameras),
+  so that images group by camera before identity: a domain-shifted encoder's features.
 
 Timings on a shared machine are noisy: the kNN floor is measured in the same process.
 """
@@ -114,6 +125,77 @@ def identity_features_half(n: int, dim: int = 2048, mean_size: float = 31.0, sin
         out[rows] = (block / torch.linalg.vector_norm(block, dim=1, keepdim=True)).half()
         ids[rows.numpy()] = len(sizes) + np.arange(a - pos, b - pos)
     return out, ids
+
+
+def _drawn_half(n: int, dim: int, seed: int, member) -> tuple:
+    """Float16 unit features of identities of log-normal size (2..200 images, mean 31) and 15%
+    singletons, shuffled; ``member(identity_size, torch_gen, rng) -> size x dim`` draws one identity."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    sizes = identity_sizes(rng, n, 31.0, 0.15)
+    out = torch.empty((n, dim), dtype=torch.float16)
+    ids = np.empty(n, dtype=np.int64)
+    perm = torch.from_numpy(rng.permutation(n))
+    pos = 0
+    for identity, size in enumerate(sizes):
+        block = member(size, gen, rng)
+        rows = perm[pos : pos + size]
+        out[rows] = (block / torch.linalg.vector_norm(block, dim=1, keepdim=True)).half()
+        ids[rows.numpy()] = identity
+        pos += size
+    for a in range(pos, n):  # singletons: identities of one image
+        one = member(1, gen, rng)[0]
+        out[perm[a]] = (one / torch.linalg.vector_norm(one)).half()
+    ids[perm[pos:].numpy()] = len(sizes) + np.arange(n - pos)
+    return out, ids
+
+
+def sphere_features_half(n: int, dim: int = 2048, seed: int = 0) -> tuple:
+    """Identity centres uniform on the sphere, members at cosine c ~ U(0.2, 0.6) to each other
+    (sqrt(c) of the centre plus sqrt(1 - c) of independent noise), no families."""
+    import torch
+
+    scale = 1.0 / np.sqrt(dim)
+
+    def member(size: int, gen, rng) -> torch.Tensor:
+        c = float(rng.uniform(0.2, 0.6))
+        center = torch.randn(dim, generator=gen) * scale
+        return np.sqrt(c) * center + np.sqrt(1.0 - c) * torch.randn(size, dim, generator=gen) * scale
+
+    return _drawn_half(n, dim, seed, member)
+
+
+def camera_features_half(n: int, dim: int = 2048, seed: int = 0, cameras: int = 6) -> tuple:
+    """Identities over the whole sphere seen through one of 6 strong camera offsets per image
+    (the offset as long as the identity's own part): images group by camera before identity."""
+    import torch
+
+    scale = 1.0 / np.sqrt(dim)
+    offsets = torch.randn(cameras, dim, generator=torch.Generator().manual_seed(seed + 1)) * scale
+
+    def member(size: int, gen, rng) -> torch.Tensor:
+        center = torch.randn(dim, generator=gen) * scale
+        spread = float(rng.uniform(0.6, 1.2))
+        seen = offsets[torch.from_numpy(rng.integers(cameras, size=size))]
+        return center + seen + spread * torch.randn(size, dim, generator=gen) * scale
+
+    return _drawn_half(n, dim, seed, member)
+
+
+def generated_half(kind: str, n: int, dim: int, seed: int) -> tuple:
+    """Float16 features and true identities of one of the benchmark's generators."""
+    if kind == "families":
+        return identity_features_half(n, dim, mean_size_for(n), seed=seed)
+    if kind == "sphere":
+        return sphere_features_half(n, dim, seed)
+    if kind == "cameras":
+        return camera_features_half(n, dim, seed)
+    raise ValueError(f"unknown generator {kind!r}")
+
+
+GENERATORS = ("families", "sphere", "cameras")
 
 
 class PeakMemory:
@@ -217,31 +299,45 @@ def worker_dense(n: int, dim: int, mean_size: float, seed: int) -> dict:
     }
 
 
-def worker_large(n: int, dim: int, seed: int, search: str, probe: int, out_dir: str) -> dict:
+def worker_large(n: int, dim: int, seed: int, search: str, probe: int, out_dir: str, generator: str = "families",
+                 recall: float = 0.0) -> dict:
     """One search at 10^5-10^6 features, stage by stage, with the labels (and neighbour lists up to
-    10^5) saved for the comparison with the exact search."""
+    2 x 10^5) saved for the comparison with the exact search. ``recall`` > 0 (approximate only):
+    the search measures its recall on 1,000 points and raises the probe to it, or searches exactly
+    when that is no faster, as ``spcl.pseudo_labels.generate`` does."""
     import torch
 
-    from spcl.neighbors import CellSearch, as_unit_features, cell_search, symmetric_search, unit_features_half
+    from spcl.neighbors import as_unit_features, symmetric_search, unit_features_half
+    from spcl.neighbors.approximate import CellIndex, CellSearch, choose_probe
     from spcl.pseudo_labels import labels_from_jaccard
     from spcl.pseudo_labels.jaccard import jaccard_from_neighbors
 
     baseline = PeakMemory.rss()
     stages = {}
     with PeakMemory() as m:
-        features, truth = identity_features_half(n, dim, mean_size_for(n), seed=seed)
+        features, truth = generated_half(generator, n, dim, seed)
     stages["synthetic features (float16)"] = m
+    choice = None
     with PeakMemory() as m:
-        if search == "exact":
+        if search == "approximate":
+            unit = unit_features_half(features)
+            index = CellIndex(unit, CellSearch(probe=probe), show_progress=True)
+            if recall > 0:
+                choice = choose_probe(index, unit, 30, recall)
+                probe = choice.probe
+                print(choice.summary(), file=sys.stderr)
+            if choice is not None and choice.exact:
+                search = "exact (fallback)"
+                del unit, index
+        if search != "approximate":
             unit = as_unit_features(features)  # float32, as generate(neighbors="exact") holds it
             del features
             ranks, similarities, _ = symmetric_search(unit, 30)
             similarities = None
         else:
-            unit = unit_features_half(features)
             del features
-            ranks, similarities = cell_search(unit, 30, CellSearch(probe=probe), show_progress=True)
-    stages[f"{search} kNN (k1 = 30)"] = m
+            ranks, similarities = index.search(unit, 30, probe, show_progress=True)
+    stages["kNN (k1 = 30)"] = m
     with PeakMemory() as m:
         distances = jaccard_from_neighbors(unit, ranks, 30, 6, similarities, show_progress=True)
         del unit, similarities
@@ -260,11 +356,14 @@ def worker_large(n: int, dim: int, seed: int, search: str, probe: int, out_dir: 
     from sklearn.metrics import adjusted_rand_score
 
     out = Path(out_dir)
-    np.save(out / f"labels_{search}_{n}.npy", result.labels)
+    tag = f"{generator}_{n}_{search if search == 'exact' else f'{search}_{probe}_{recall}'}"
+    np.save(out / f"labels_{tag}.npy", result.labels)
     if n <= 200_000:
-        np.save(out / f"ranks_{search}_{n}.npy", ranks)
+        np.save(out / f"ranks_{tag}.npy", ranks)
     return {
-        "n": n, "dim": dim, "search": search, "threads": torch.get_num_threads(),
+        "n": n, "dim": dim, "search": search, "threads": torch.get_num_threads(), "tag": tag,
+        "probe": probe, "recall_sample": None if choice is None else choice.recall,
+        "recall_asked_probe": None if choice is None else choice.recall_asked_probe,
         "baseline_rss": baseline,
         "stages": {name: [s.seconds, s.peak] for name, s in stages.items()},
         "max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -324,36 +423,56 @@ def main_large(args: argparse.Namespace) -> None:
     from sklearn.metrics import adjusted_rand_score
 
     print(f"# Pseudo-labelling at 10^5-10^6 ({os.cpu_count()} CPUs, torch threads: {args.threads or 'default'}, "
-          f"load average {os.getloadavg()[0]:.1f} at start; {args.dim}-d synthetic identity features, k1 = 30, "
-          "approximate search with the probe given per row)\n")
-    print("| N | search | features | kNN | Jaccard | DBSCAN x3 + reliability | labels total | process peak (GiB) "
-          "| clusters | ARI vs exact | identical clusters | kNN recall | ARI vs true ids | sampler (build + pass) |")
-    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          f"load average {os.getloadavg()[0]:.1f} at start; {args.dim}-d synthetic identity features, k1 = 30; "
+          f"approximate search at a fixed probe, and measured: probe raised to recall {args.recall})\n")
+    print("| features | N | search | features | kNN | Jaccard | DBSCAN x3 + reliability | labels total "
+          "| process peak (GiB) | clusters | ARI vs exact | identical clusters | kNN recall | kNN speed-up "
+          "| ARI vs true ids | sampler (build + pass) |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     with tempfile.TemporaryDirectory() as tmp:
-        for n in args.large_sizes:
-            runs = [("exact", 0)] if n <= args.exact_max else []
-            runs += [("approximate", p) for p in (args.probe if n <= args.exact_max else [args.probe_large])]
-            for search, probe in runs:
-                r = run_worker("large", n, args, ["--search", search, "--out", tmp, "--probe", str(probe)])
-                times = [v[0] for v in r["stages"].values()]
-                compare = ["-", "-", "-"]
-                if search == "approximate" and n <= args.exact_max:
-                    exact = np.load(Path(tmp) / f"labels_exact_{n}.npy")
-                    ours = np.load(Path(tmp) / f"labels_approximate_{n}.npy")
-                    ranks_e = np.load(Path(tmp) / f"ranks_exact_{n}.npy")
-                    ranks_a = np.load(Path(tmp) / f"ranks_approximate_{n}.npy")
-                    hits = (np.sort(ranks_e, axis=1)[:, :, None] == np.sort(ranks_a, axis=1)[:, None, :]).any(2)
-                    compare = [f"{adjusted_rand_score(exact, ours):.4f}", f"{same_clusters(exact, ours):.3f}",
-                               f"{hits.mean():.4f}"]
-                name = search if search == "exact" else f"approximate, probe {probe}"
-                print(f"| {n:,} | {name} | {times[0]:.0f} s | {times[1]:.0f} s | {times[2]:.0f} s | {times[3]:.0f} s "
-                      f"| {sum(times[1:4]) / 60:.1f} min | {gib(r['max_rss'])} | {r['num_clusters']:,} | {compare[0]} "
-                      f"| {compare[1]} | {compare[2]} | {r['ari_truth']:.3f} | {times[4]:.1f} s |", flush=True)
-    n = max(args.large_sizes)
-    r = run_worker("memory", n, args)
-    print(f"\nHybrid memory of {n:,} target instances in float16 ({gib(r['bytes'])} GiB of slots, float32 "
-          f"arithmetic): one batch of 64 (loss, backward, momentum update) {r['step']:.2f} s on {r['threads']} "
-          f"threads, process peak {gib(r['peak'])} GiB.")
+        for generator in args.generators:
+            for n in args.large_sizes:
+                compared = n <= args.exact_max
+                runs = [("exact", 0, 0.0)] if compared else []
+                runs += [("approximate", p, 0.0) for p in (args.probe if compared else [args.probe_large])]
+                if args.recall > 0:
+                    runs.append(("approximate", args.probe[0] if compared else args.probe_large, args.recall))
+                exact_knn = None
+                for search, probe, recall in runs:
+                    r = run_worker("large", n, args, ["--search", search, "--out", tmp, "--probe", str(probe),
+                                                      "--generator", generator, "--recall", str(recall)])
+                    times = [v[0] for v in r["stages"].values()]
+                    if search == "exact":
+                        exact_knn = times[1]
+                    compare = ["-", "-", "-", "-"]
+                    if search == "approximate" and compared:
+                        exact = np.load(Path(tmp) / f"labels_{generator}_{n}_exact.npy")
+                        ours = np.load(Path(tmp) / f"labels_{r['tag']}.npy")
+                        ranks_e = np.load(Path(tmp) / f"ranks_{generator}_{n}_exact.npy")
+                        ranks_a = np.load(Path(tmp) / f"ranks_{r['tag']}.npy")
+                        hits = (np.sort(ranks_e, axis=1)[:, :, None] == np.sort(ranks_a, axis=1)[:, None, :]).any(2)
+                        compare = [f"{adjusted_rand_score(exact, ours):.4f}", f"{same_clusters(exact, ours):.3f}",
+                                   f"{hits[:, 1:].mean():.4f}", f"{exact_knn / times[1]:.1f}x"]
+                    if search == "exact":
+                        name = "exact"
+                    elif recall == 0:
+                        name = f"approximate, probe {probe} (not measured)"
+                    else:
+                        name = (f"approximate, recall {recall:g} measured: probe {r['probe']} "
+                                f"(sample recall {r['recall_sample']:.4f}; at probe {probe}: "
+                                f"{r['recall_asked_probe']:.4f})")
+                        if r["search"] != "approximate":
+                            name += ", exact search"
+                    print(f"| {generator} | {n:,} | {name} | {times[0]:.0f} s | {times[1]:.0f} s | {times[2]:.0f} s "
+                          f"| {times[3]:.0f} s | {sum(times[1:4]) / 60:.1f} min | {gib(r['max_rss'])} "
+                          f"| {r['num_clusters']:,} | {compare[0]} | {compare[1]} | {compare[2]} | {compare[3]} "
+                          f"| {r['ari_truth']:.3f} | {times[4]:.1f} s |", flush=True)
+    if args.memory:
+        n = max(args.large_sizes)
+        r = run_worker("memory", n, args)
+        print(f"\nHybrid memory of {n:,} target instances in float16 ({gib(r['bytes'])} GiB of slots, float32 "
+              f"arithmetic): one batch of 64 (loss, backward, momentum update) {r['step']:.2f} s on {r['threads']} "
+              f"threads, process peak {gib(r['peak'])} GiB.")
 
 
 def run_worker(kind: str, n: int, args: argparse.Namespace, extra: list[str] | None = None) -> dict:
@@ -388,6 +507,13 @@ def main() -> None:
     parser.add_argument("--probe", type=int, nargs="+", default=[8, 16],
                         help="cells each cell is compared with (approximate), at the sizes also searched exactly")
     parser.add_argument("--probe-large", type=int, default=8, help="the same above --exact-max")
+    parser.add_argument("--generators", nargs="+", choices=GENERATORS, default=["families"],
+                        help="kinds of features for --large (see above)")
+    parser.add_argument("--recall", type=float, default=0.99,
+                        help="--large: also run the approximate search measured and raised to this recall (0: not)")
+    parser.add_argument("--no-memory", dest="memory", action="store_false",
+                        help="--large: skip the float16 hybrid memory step")
+    parser.add_argument("--generator", default="families", help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=["size", "dense", "large", "memory"], help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--search", help=argparse.SUPPRESS)
@@ -396,7 +522,8 @@ def main() -> None:
 
     if args.worker == "large":
         set_threads(args.threads)
-        print(json.dumps(worker_large(args.n, args.dim, args.seed, args.search, args.probe[0], args.out)))
+        print(json.dumps(worker_large(args.n, args.dim, args.seed, args.search, args.probe[0], args.out,
+                                      args.generator, args.recall)))
         return
     if args.worker == "memory":
         set_threads(args.threads)

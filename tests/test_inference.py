@@ -95,6 +95,21 @@ def test_extract_writes_features_paths_and_identities(trained: Path, data_root: 
     assert loaded.meta["preprocessing"]["height"] == 32 and not out.with_name("g.npz.partial").exists()
 
 
+def interrupted_at(batch: int, calls: dict[str, int]):
+    """An ``encode`` that counts its batches in ``calls["n"]`` and is interrupted at the ``batch``-th."""
+    from spcl.inference import FeatureExtractor
+
+    encode = FeatureExtractor.encode
+
+    def failing(self, images):
+        calls["n"] += 1
+        if calls["n"] == batch:
+            raise KeyboardInterrupt
+        return encode(self, images)
+
+    return failing
+
+
 def test_an_interrupted_extract_resumes_without_recomputing(trained: Path, data_root: Path, tmp_path: Path, monkeypatch) -> None:
     from spcl.inference import FeatureExtractor, extract_to_file, list_input_images
 
@@ -102,15 +117,7 @@ def test_an_interrupted_extract_resumes_without_recomputing(trained: Path, data_
     extractor = FeatureExtractor(trained / "last.pth", batch_size=4)
     whole = extract_to_file(extractor, images, tmp_path / "whole.npz", chunk=4, progress=False, log=lambda _: None)
     calls = {"n": 0}
-    encode = FeatureExtractor.encode
-
-    def failing(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return encode(self, batch)
-
-    monkeypatch.setattr(FeatureExtractor, "encode", failing)
+    monkeypatch.setattr(FeatureExtractor, "encode", interrupted_at(3, calls))
     with pytest.raises(KeyboardInterrupt):
         extract_to_file(extractor, images, tmp_path / "f.npz", chunk=4, progress=False, log=lambda _: None)
     assert sorted(p.name for p in (tmp_path / "f.npz.partial").glob("0*.npy")) == ["000000.npy", "000001.npy"]

@@ -158,7 +158,7 @@ def test_approximate_pseudo_labels_agree_with_exact():
 def test_auto_is_exact_up_to_the_threshold():
     x = clustered(300)
     assert generate(x).neighbors == "exact"
-    assert generate(x, exact_up_to=299).neighbors == "approximate"
+    assert generate(x, exact_up_to=299, approx_recall=0).neighbors == "approximate"
     assert resolve_neighbors("auto", 100_000) == "exact"
     assert resolve_neighbors("auto", 100_001) == "approximate"
     with pytest.raises(ValueError, match="'auto', 'exact' or 'approximate'"):
@@ -182,3 +182,85 @@ def test_bad_settings_are_rejected():
         CellSearch(probe=0)
     with pytest.raises(ValueError, match="k must be at least 1"):
         cell_search(torch.from_numpy(clustered(10)), 0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the search measures its own recall and raises its probe (or searches exactly)
+
+
+def loose(n: int = 1500, dim: int = 32, ids: int = 150, seed: int = 0) -> np.ndarray:
+    """Identities spread over the whole sphere with loose members (cosine 0.2-0.6 to each other):
+    features an IVF of few probes misses many neighbours of."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((ids, dim))
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    cos = rng.uniform(0.2, 0.6, size=ids)
+    who = rng.integers(ids, size=n)
+    noise = rng.standard_normal((n, dim)) / np.sqrt(dim)
+    x = np.sqrt(cos[who])[:, None] * centers[who] + np.sqrt(1 - cos[who])[:, None] * noise
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def true_recall(found: np.ndarray, truth: np.ndarray) -> float:
+    """Share of the true neighbours (the point itself aside) that the found lists hold."""
+    return float(np.mean([len(set(a[1:]) & set(b[1:])) / (truth.shape[1] - 1) for a, b in zip(found, truth)]))
+
+
+def test_the_measured_recall_is_the_recall_of_the_search_at_that_probe():
+    x = loose()
+    unit = torch.from_numpy(x)
+    truth, _ = brute_force(x, 10)
+    index = approx.CellIndex(unit, CellSearch(cells=40, probe=2), show_progress=False)
+    for target in (0.8, 0.95, 0.99):
+        choice = approx.choose_probe(index, unit, 10, target, sample=len(x))  # the whole set: no sampling error
+        found, _ = index.search(unit, 10, choice.probe, show_progress=False)
+        assert choice.recall == pytest.approx(true_recall(found, truth), abs=1e-9)
+        assert choice.recall >= target
+        if choice.probe > 2:  # the smallest probe that reaches it
+            below, _ = index.search(unit, 10, choice.probe - 1, show_progress=False)
+            assert true_recall(below, truth) < target
+        at_two, _ = index.search(unit, 10, 2, show_progress=False)
+        assert choice.recall_asked_probe == pytest.approx(true_recall(at_two, truth), abs=1e-9)
+    pairs = sum(index.sizes[c] * index.sizes[index.cell_order[c, : w]].sum()
+                for c, w in enumerate(index.widths(choice.probe, 10)))
+    assert choice.pairs == pairs and choice.exact_pairs == len(x) * (len(x) + 1) // 2
+
+
+def test_a_sample_estimates_the_recall():
+    x = loose(3000, ids=300)
+    unit = torch.from_numpy(x)
+    index = approx.CellIndex(unit, CellSearch(cells=60, probe=4), show_progress=False)
+    whole = approx.choose_probe(index, unit, 10, 0.9, sample=len(x))
+    part = approx.choose_probe(index, unit, 10, 0.9, sample=400, seed=3)
+    assert abs(part.recall_asked_probe - whole.recall_asked_probe) < 0.05  # 400 of 3000 points
+
+
+def test_labels_of_loose_features_agree_with_exact_and_say_what_the_search_did():
+    x = loose(2000, ids=200)
+    exact = generate(x, neighbors="exact")
+    unmeasured = generate(x, neighbors="approximate", approx_probe=2, approx_recall=0, approx_cells=45)
+    measured = generate(x, neighbors="approximate", approx_probe=2, approx_cells=45, approx_sample=2000)
+    assert unmeasured.search == {} and unmeasured.search_note == ""
+    assert adjusted_rand_score(exact.labels, measured.labels) >= 0.97
+    assert measured.search["knn_recall"] >= 0.99 or measured.search["knn_exact_fallback"] == 1.0
+    assert measured.search["knn_probe"] > 2 and "recall" in measured.search_note
+    # what the labels record agrees with the search that ran
+    assert measured.search["knn_exact_fallback"] == float(measured.neighbors == "exact")
+
+
+def test_the_search_falls_back_to_exact_when_that_is_cheaper():
+    x = loose(800, ids=400)
+    result = generate(x, neighbors="approximate", approx_cells=30, approx_probe=1, approx_recall=1.0,
+                      approx_sample=800)
+    assert result.neighbors == "exact" and result.search["knn_exact_fallback"] == 1.0
+    assert "so the search is exact" in result.search_note
+    np.testing.assert_array_equal(result.labels, generate(x, neighbors="exact").labels)
+    fast = generate(clustered(1500, dim=48, ids=50, noise=0.5), neighbors="approximate", approx_sample=500)
+    assert fast.neighbors == "approximate" and fast.search["knn_exact_fallback"] == 0.0
+
+
+def test_bad_recall_settings_are_rejected():
+    unit = torch.from_numpy(clustered(100))
+    index = approx.CellIndex(unit, CellSearch(cells=4), show_progress=False)
+    with pytest.raises(ValueError, match=r"share in \(0, 1\]"):
+        approx.choose_probe(index, unit, 5, 1.5)

@@ -370,6 +370,14 @@ def test_float16_memory_and_approximate_neighbours_train_and_resume_bit_identica
     assert full.memory.features.dtype == torch.float16
     assert all(np.isfinite(e.loss) for e in full.history)
     assert full.history[-1].num_clusters > 0
+    # the search measured its recall each epoch: in the history and in metrics.csv
+    assert all({"knn_recall", "knn_probe", "knn_exact_fallback"} <= set(e.search) for e in full.history)
+    assert all(e.search["knn_recall"] >= 0.99 or e.search["knn_exact_fallback"] == 1.0 for e in full.history)
+    rows = (full.output / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert "knn_recall" in header and len(rows) == 1 + len(full.history)
+    column = header.index("knn_recall")
+    assert [float(r.split(",")[column]) for r in rows[1:]] == [e.search["knn_recall"] for e in full.history]
 
 
 @pytest.mark.parametrize("mode", ["usl", "uda"])

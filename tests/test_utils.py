@@ -161,12 +161,12 @@ def test_missing_faiss_is_named_with_its_install_and_the_exact_path(monkeypatch)
 
     monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss now raises ImportError
     assert optional_faiss() is None
-    with pytest.raises(ImportError, match=r"the thing needs faiss: pip install faiss-cpu .*; or do it"):
+    with pytest.raises(ImportError, match=r"the thing needs faiss \(not installed\): pip install faiss-cpu .*; or do it"):
         need_faiss("the thing", "do it exactly")
     x = torch.randn(20, 8)
-    with pytest.raises(ImportError, match=r"knn_backend='faiss' needs faiss: .*knn_backend='torch'"):
+    with pytest.raises(ImportError, match=r"knn_backend='faiss' needs faiss \(not installed\): .*knn_backend='torch'"):
         nearest_neighbors(x, 5, backend="faiss")
-    with pytest.raises(ImportError, match=r"index 'ivf' needs faiss: .*--index exact"):
+    with pytest.raises(ImportError, match=r"index 'ivf' needs faiss \(not installed\): .*--index exact"):
         GalleryIndex(x, kind="ivf")
     assert GalleryIndex(x, kind="auto").kind == "exact"
 

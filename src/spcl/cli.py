@@ -141,6 +141,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from spcl.inference import evaluate_checkpoint
+    from spcl.utils.files import check_output_folder
+
+    if args.output:
+        check_output_folder(args.output, what="the evaluation's folder")
 
     evaluate_checkpoint(
         args.checkpoint,
@@ -164,7 +168,9 @@ def _extractor(args: argparse.Namespace) -> Any:
 
 def _cmd_extract(args: argparse.Namespace) -> int:
     from spcl.inference import extract_to_file, list_input_images
+    from spcl.utils.files import check_output
 
+    check_output(args.out, inputs=[args.checkpoint, args.images], what="the feature file")
     images = list_input_images(args.images)
     extractor = _extractor(args)
     print(f"{extractor}: {len(images)} images from {args.images}", file=sys.stderr)
@@ -196,7 +202,15 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from spcl.inference import GalleryIndex, search_gallery
     from spcl.inference.ranklist import draw_ranked_lists, thumb_size
     from spcl.inference.search import to_rows, to_text
+    from spcl.utils.files import check_output_folder, write_text
+    from spcl.utils.optional import need_faiss
 
+    if args.nprobe < 0 or not 0.0 <= args.recall <= 1.0 or args.topk < 1:
+        raise ValueError(f"--nprobe must be 0 (automatic) or more, --recall a share in [0, 1] and --topk at least 1; "
+                         f"got {args.nprobe}, {args.recall}, {args.topk}")
+    if args.index in ("flat", "ivf"):
+        need_faiss(f"--index {args.index}", "use --index exact")
+    check_output_folder(args.out, what="the results folder")
     extractor = _extractor(args) if args.checkpoint else None
     g_features, g_images, g_meta = _side(args.gallery, args, extractor, "gallery")
     q_features, q_images, q_meta = _side(args.query, args, extractor, "query")
@@ -208,11 +222,20 @@ def _cmd_search(args: argparse.Namespace) -> int:
               "that is the same model", file=sys.stderr)
     cache = f"{args.gallery}.ivf.faiss" if args.gallery.endswith(".npz") else None
     index = GalleryIndex(g_features, args.index, nprobe=args.nprobe, cache=cache)
+    for note in index.notes:
+        print(note, file=sys.stderr)
+    if index.kind == "ivf" and not args.rerank:
+        asked = index.nprobe
+        recall, nprobe = index.tune(q_features, args.topk, args.recall)
+        raised = f" (raised from {asked} to reach --recall {args.recall:g})" if nprobe != asked else ""
+        print(f"ivf index: recall@{min(args.topk, len(index))} {recall:.3f} against the exact search on "
+              f"{min(500, len(q_features))} sampled queries, probing {nprobe} of {index.nlist} lists{raised}"
+              + ("" if recall >= args.recall else f"; below --recall {args.recall:g} with every list probed"),
+              file=sys.stderr)
     results = search_gallery(q_features, q_images, index, g_images, args.topk, rerank=args.rerank)
     payload = [r.to_dict() for r in results]
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(payload, indent=1) + "\n")
+    write_text(out / "results.json", json.dumps(payload, indent=1) + "\n", what="the search results")
     if args.metrics:
         _search_metrics(results, q_images, g_images, args.topk, out)
     if args.json:
@@ -255,12 +278,17 @@ def _search_metrics(results: list[Any], queries: Any, gallery: Any, topk: int, o
           f"(mAP is exact when they hold all, a lower bound otherwise)", file=sys.stderr)
     summary = {"mAP": metrics["mAP"], "cmc": metrics["cmc"].tolist(), "recall": metrics["recall"],
                "num_valid_queries": metrics["num_valid_queries"], "topk": topk}
-    (out / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
+    from spcl.utils.files import write_text
+
+    write_text(out / "metrics.json", json.dumps(summary, indent=1) + "\n", what="the search metrics")
 
 
 def _cmd_visualize(args: argparse.Namespace) -> int:
     from spcl.inference import visualize_run
+    from spcl.utils.files import check_output_folder
 
+    if args.out:
+        check_output_folder(args.out, what="the pictures' folder")
     written = visualize_run(args.run_dir, args.out, count=args.count, topk=args.topk)
     for name, paths in written.items():
         print(f"{name}: {', '.join(str(p) for p in paths)}")
@@ -275,7 +303,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from spcl.inference.export import export_onnx
+    from spcl.inference.export import export_onnx, require_export_packages
+    from spcl.utils.files import check_output
+    from spcl.utils.optional import optional
+
+    check_output(args.out, inputs=[args.checkpoint], what="the ONNX model")
+    require_export_packages()
+    if not args.no_check and optional("onnxruntime") is None:
+        print("note: onnxruntime is not installed, so the exported model is not compared with PyTorch "
+              "(pip install onnxruntime)", file=sys.stderr)
 
     path = export_onnx(args.checkpoint, args.out, domain=args.domain, opset=args.opset, check=not args.no_check)
     print(f"ONNX model: {path}")
@@ -369,7 +405,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON: per query, the ranked gallery entries")
     p.add_argument("--index", choices=["auto", "exact", "flat", "ivf"], default="auto",
                    help="exact blocked search, or a faiss index (auto: faiss IVF from 100,000 images when installed)")
-    p.add_argument("--nprobe", type=int, default=0, help="lists an IVF index probes (default: a sixteenth of them)")
+    p.add_argument("--nprobe", type=int, default=0,
+                   help="lists an IVF index probes at first (default: a sixteenth of them; raised to reach --recall)")
+    p.add_argument("--recall", type=float, default=0.95,
+                   help="an IVF index's recall@topk to reach, measured against the exact search on a sample of the "
+                        "queries; nprobe is doubled until it does (0: measured and printed only)")
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (exact; small galleries)")
     p.add_argument("--out", default="search", help="folder for results.json and ranked.png (default: ./search)")
     p.add_argument("--no-png", action="store_true", help="do not draw the ranked lists")
@@ -449,8 +489,10 @@ def describe_error(exc: BaseException) -> tuple[str, bool]:
     import yaml
 
     from spcl.utils import OutOfMemory
+    from spcl.utils.files import OutputError
+    from spcl.utils.optional import MissingPackage
 
-    if isinstance(exc, OutOfMemory):
+    if isinstance(exc, (OutOfMemory, OutputError, MissingPackage)):
         return " ".join(str(exc).split()), True
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         detail = str(exc).splitlines()[0] if str(exc) else "the device is out of memory"

@@ -154,7 +154,15 @@ class PseudoLabelConfig:
     approx_cells: int = 0
     """Cells of the approximate search (0: about 2 sqrt(N))."""
     approx_probe: int = 8
-    """Cells each cell is compared with in the approximate search (its own included)."""
+    """Cells each cell is compared with in the approximate search (its own included): the least it
+    uses; raised until ``approx_recall`` is reached."""
+    approx_recall: float = 0.99
+    """The recall of the k1 nearest neighbours the approximate search must reach, measured each epoch
+    on ``approx_sample`` random points against the exact search; the probe is raised until it does,
+    and the search is exact when that probe makes it no faster. 0 skips the measurement (the probe
+    is used as given, and nothing says what it misses)."""
+    approx_sample: int = 1000
+    """Points whose exact neighbours measure the approximate search's recall (sample x N x d work)."""
     knn_backend: Literal["torch", "faiss"] = "torch"
     """Exact search: tiled torch products, or a faiss index of ``faiss_index`` (which then decides
     exactness whatever ``neighbors`` says: "Flat" is exact, e.g. "IVF1024,Flat" is not)."""
@@ -291,6 +299,8 @@ class Config:
             ("pseudo.exact_up_to", p.exact_up_to, p.exact_up_to >= 0, ">= 0 features"),
             ("pseudo.approx_cells", p.approx_cells, p.approx_cells >= 0, ">= 0 (0: about 2 sqrt(N))"),
             ("pseudo.approx_probe", p.approx_probe, p.approx_probe >= 1, ">= 1 cell"),
+            ("pseudo.approx_recall", p.approx_recall, 0.0 <= p.approx_recall <= 1.0, "a share in [0, 1] (0: not measured)"),
+            ("pseudo.approx_sample", p.approx_sample, p.approx_sample >= 1, ">= 1 point"),
             ("optim.lr", o.lr, o.lr > 0, "> 0"),
             ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, ">= 0"),
             ("optim.epochs", o.epochs, o.epochs >= 1, ">= 1"),

@@ -245,8 +245,9 @@ _SPLITS = ("train", "query", "gallery")
 def read_manifest(path: Path) -> Dataset:
     """Read a CSV manifest: ``path,split,pid,camid``; paths are relative to the CSV's folder.
 
-    ``pid`` empty or -1 marks an unlabelled training image.  A ``camid`` left empty, or no ``camid``
-    column at all, means the camera is unknown (None): evaluation then removes no true match of
+    ``pid`` empty or -1 marks an unlabelled training image.  A ``camid`` left empty or -1 (as
+    ``spcl extract`` writes an unknown camera), or no ``camid`` column at all, means the camera is
+    unknown (None): evaluation then removes no true match of
     that image, only a query's own file in the gallery. The file may come from a spreadsheet:
     a UTF-8 byte-order mark and Windows line ends are read as plain CSV. An image listed twice in
     one split is refused, naming both lines.
@@ -290,6 +291,10 @@ def read_manifest(path: Path) -> Dataset:
                 cam = int(row["camid"])
             except ValueError:
                 raise DatasetError(f"{path}:{lineno}: camid must be an integer or empty, got {row['camid']!r}") from None
+            if cam < -1:
+                raise DatasetError(f"{path}:{lineno}: camid must be >= 0, or -1 / empty for an unknown camera, got {cam}")
+            if cam == -1:
+                cam = None
         splits[split].append((str(image), pid, cam))
     if not splits["train"] and not splits["query"]:
         raise DatasetError(f"{path}: the manifest lists no images")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset as TorchDataset
@@ -13,11 +14,33 @@ from spcl.data.base import Dataset, DatasetError, Item, relabel_train
 from spcl.utils import progress as show_progress
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of any PIL image.
+
+    PIL's own ``convert("RGB")`` clips 16- and 32-bit greyscale values at 255 (nearly every pixel of
+    a 16-bit image turns white), so those modes are scaled to 8 bits first: 16-bit values by
+    255 / 65535, 32-bit integers by their type's 16-bit range when their values exceed 255 (PIL
+    opens some 16-bit files as ``I``), floats from [0, 1] (or [0, 255] when larger values occur).
+    """
+    mode = image.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        if mode.startswith("I;16"):
+            scaled = values / 257.0
+        elif mode == "I":
+            scaled = values / 257.0 if values.max(initial=0) > 255 else values
+        else:
+            scaled = values * 255.0 if values.max(initial=0) <= 1.0 else values
+        grey = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    return image.convert("RGB")
+
+
 def read_image(path: str) -> Image.Image:
-    """Open an image as RGB; a corrupt or missing file raises an error with its path."""
+    """Open an image as 8-bit RGB (:func:`to_rgb`); a corrupt or missing file raises an error with its path."""
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            return to_rgb(img)
     except (OSError, ValueError) as exc:
         raise DatasetError(f"cannot read image {path}: {exc}") from exc
 

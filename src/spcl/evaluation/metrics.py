@@ -143,6 +143,25 @@ def metrics_from_features(
     return score_blocks(blocks, protocol, num_query, topk, "the distances", timings)
 
 
+def _check_lists(indices: np.ndarray, num_gallery: int) -> None:
+    """A ranked list names each gallery item at most once, within the gallery (-1 pads): a repeated
+    match would be counted twice (an AP above 1)."""
+    if indices.size and (indices.max() >= num_gallery or indices.min() < -1):
+        bad = np.argwhere((indices >= num_gallery) | (indices < -1))[0]
+        raise ValueError(
+            f"ranked list of query {bad[0]} holds gallery index {indices[tuple(bad)]} at rank {bad[1] + 1}: the gallery "
+            f"has {num_gallery} items (indices 0..{num_gallery - 1}, -1 pads a short list)"
+        )
+    ordered = np.sort(indices, axis=1)
+    repeated = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)
+    if repeated.any():
+        q, at = np.argwhere(repeated)[0]
+        raise ValueError(
+            f"ranked list of query {q} names gallery index {ordered[q, at + 1]} more than once: a ranked list "
+            "holds each gallery item at most once"
+        )
+
+
 def metrics_from_ranked_lists(
     indices: np.ndarray, query: ImageSet, gallery: ImageSet, *, block_size: int = 1024
 ) -> dict[str, Any]:
@@ -161,6 +180,7 @@ def metrics_from_ranked_lists(
         raise ValueError(f"indices must be a (queries x list length) matrix, got shape {indices.shape}")
     num_query, length = indices.shape
     num_gallery = len(gallery.pids) if gallery.pids is not None else int(indices.max(initial=-1)) + 1
+    _check_lists(indices, num_gallery)
     protocol = Protocol.build(query, gallery, num_query, num_gallery)
     ap = np.zeros(num_query)
     first_hit = np.full(num_query, length, dtype=np.int64)  # valid rank (0-based) of the first match

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from spcl.data.image_dataset import read_image
+from spcl.data.image_dataset import read_image, to_rgb
 from spcl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform
 from spcl.models import num_bn_domains, set_domain
 from spcl.utils import resolve_device
@@ -60,14 +60,19 @@ def as_pil(image: ImageInput) -> Image.Image:
     if isinstance(image, (str, os.PathLike)):
         return read_image(os.fspath(image))
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return to_rgb(image)
     if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+        if image.dtype not in (np.uint8, np.uint16) or image.ndim not in (2, 3) or (
+            image.ndim == 3 and image.shape[2] not in (1, 3, 4)
+        ):
             raise ValueError(
-                f"an image array must be uint8, H x W x 3 (RGB), H x W x 4 or H x W; got {image.dtype} {image.shape}"
+                "an image array must be uint8 (or uint16: scaled to 8 bits), H x W x 3 (RGB), H x W x 4 or H x W; "
+                f"got {image.dtype} {image.shape}"
             )
         if image.ndim == 3 and image.shape[2] == 1:
             image = image[:, :, 0]
+        if image.dtype == np.uint16:
+            image = np.rint(image / 257.0).astype(np.uint8)
         return Image.fromarray(np.ascontiguousarray(image)).convert("RGB")
     raise TypeError(f"expected an image path, a PIL image or a uint8 array, got {type(image).__name__}")
 

@@ -10,8 +10,9 @@ File format (numpy ``.npz``, readable without this package, ``allow_pickle=False
 
 An extraction writes its work in chunks of images into ``<out>.partial/`` as it goes (each chunk
 atomically) and assembles the file at the end; run again after an interruption, it continues
-after the last finished chunk. A partial folder left by another job (other images, checkpoint or
-domain) is started afresh.
+after the last finished chunk. A partial folder left by another job (other images, or the same
+paths with other contents, checkpoint or domain) is started afresh. The output path is checked
+before the first image is read (not the checkpoint, not a folder, writable, room on the disk).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch
 from spcl.inference.extractor import FeatureExtractor
 from spcl.inference.images import ImageList
 from spcl.utils import progress as show_progress
+from spcl.utils.files import atomic_output, check_output, check_space
 
 __all__ = ["FeatureSet", "extract_to_file", "load_features"]
 
@@ -49,49 +51,67 @@ class FeatureSet:
         return len(self.images)
 
     def save(self, path: str | Path) -> Path:
-        """Write the ``.npz`` file atomically (a temporary file renamed over the target)."""
+        """Write the ``.npz`` file atomically (see ``spcl.utils.files.atomic_output``): a failure
+        names the file and leaves neither half a file nor a temporary one."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as fh:
+        with atomic_output(path, what="the feature file") as tmp, open(tmp, "wb") as fh:
             np.savez(
                 fh, features=self.features, paths=np.array(self.images.paths, dtype=str), pids=self.images.pids,
                 camids=self.images.camids, meta=np.array(json.dumps(self.meta)),
             )
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
         return path
+
+    def nbytes(self) -> int:
+        """About the size of its file: the features and the paths."""
+        return int(self.features.nbytes) + sum(len(p) * 4 + 16 for p in self.images.paths)
 
 
 def load_features(path: str | Path) -> FeatureSet:
     """Read a feature file written by ``spcl extract``; a file of another kind says what was expected."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such feature file (a .npz written by spcl extract)")
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = {"features", "paths"} - set(data.files)
             if missing:
-                raise ValueError(f"{path}: not a feature file of spcl extract (no {', '.join(sorted(missing))} array)")
+                raise _NotFeatures(f"{path}: not a feature file of spcl extract (no {', '.join(sorted(missing))} array)")
             features = np.asarray(data["features"], dtype=np.float32)
             paths = [str(p) for p in data["paths"]]
             pids = data["pids"] if "pids" in data.files else np.zeros(0, np.int64)
             camids = data["camids"] if "camids" in data.files else np.zeros(0, np.int64)
             meta = json.loads(str(data["meta"])) if "meta" in data.files else {}
-    except (OSError, EOFError) as exc:
-        raise ValueError(f"{path}: cannot read it as a .npz feature file ({exc})") from None
+    except _NotFeatures:
+        raise
+    except Exception as exc:  # noqa: BLE001  (truncated zip, damaged array, bad JSON: all name the file)
+        raise ValueError(
+            f"{path}: cannot read it as a feature file of spcl extract: it is truncated or damaged "
+            f"({type(exc).__name__}: {exc}); extract it again"
+        ) from None
     if features.ndim != 2 or len(features) != len(paths):
         raise ValueError(f"{path}: {features.shape} features for {len(paths)} paths (expected N x d, one row per path)")
     return FeatureSet(features, ImageList(paths, pids, camids), meta)
 
 
+class _NotFeatures(ValueError):
+    pass
+
+
 def _job_key(extractor: FeatureExtractor, images: ImageList) -> str:
-    """What the partial results depend on: the images in order, the checkpoint file, the domain."""
+    """What the partial results depend on: the images in order with each file's size and time of
+    change (an image replaced under the same name changes the key), the checkpoint file, the domain."""
     h = hashlib.sha256()
     stat = extractor.checkpoint.stat()
     h.update(f"{extractor.checkpoint.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{extractor.domain}|".encode())
     h.update(repr(extractor.preprocessing).encode())
     for p in images.paths:
-        h.update(p.encode())
+        try:
+            image = os.stat(p)
+            h.update(f"{p}|{image.st_size}|{image.st_mtime_ns}".encode())
+        except OSError:
+            h.update(f"{p}|missing".encode())  # the extraction itself names it
         h.update(b"\0")
     return h.hexdigest()
 
@@ -110,12 +130,11 @@ def _meta(extractor: FeatureExtractor, key: str) -> dict[str, Any]:
 
 
 def _save_chunk(folder: Path, index: int, features: np.ndarray) -> None:
-    tmp = folder / f".{index:06d}.npy.tmp"
-    with open(tmp, "wb") as fh:
+    with atomic_output(folder / f"{index:06d}.npy", what="a finished chunk of the extraction") as tmp, \
+            open(tmp, "wb") as fh:
         np.save(fh, features)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, folder / f"{index:06d}.npy")
 
 
 def extract_to_file(
@@ -133,6 +152,12 @@ def extract_to_file(
     out = Path(out)
     if not len(images):
         raise ValueError("no images to extract features from")
+    feature_bytes = len(images) * extractor.feature_dim * 4
+    path_bytes = sum(len(p) * 4 + 16 for p in images.paths)
+    # the chunks and the assembled file exist together until the chunks are removed
+    check_output(out, inputs=[extractor.checkpoint], size=2 * feature_bytes + path_bytes, what="the feature file")
+    if str(out.resolve()) in set(images.paths):
+        raise ValueError(f"the feature file {out} is one of the images to extract: choose another file")
     partial = out.with_name(out.name + ".partial")
     key = _job_key(extractor, images)
     job_file = partial / "job.json"
@@ -167,14 +192,17 @@ def extract_to_file(
             _save_chunk(partial, done, block[:take].numpy())
             done, start, count = done + 1, start + take, count - take
             pending = [block[take:]] if count else []
-    features = np.lib.format.open_memmap(partial / "all.npy", mode="w+", dtype=np.float32,
-                                         shape=(len(images), extractor.feature_dim))
+    # assembled in memory (no memory-mapped file: a full disk must be an error, not a SIGBUS)
+    features = np.empty((len(images), extractor.feature_dim), dtype=np.float32)
     for i in range(num_chunks):
         piece = np.load(partial / f"{i:06d}.npy")
         features[i * chunk : i * chunk + len(piece)] = piece
     result = FeatureSet(features, images, _meta(extractor, key))
-    result.save(out)
-    result.features = np.array(features)  # into memory: the partial folder behind the memmap goes
-    del features
+    check_space(out, result.nbytes(), "the feature file")
+    try:
+        result.save(out)
+    except OSError as exc:
+        raise type(exc)(exc.errno, f"{exc}; the {len(images)} extracted images are kept in {partial}: run the same "
+                        "command again to write the file without extracting them again", str(out)) from exc
     shutil.rmtree(partial)
     return result

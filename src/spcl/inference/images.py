@@ -111,9 +111,12 @@ def _read_csv(path: Path) -> ImageList:
         for key, out in (("pid", pids), ("camid", cams)):
             text = row.get(key, "")
             try:
-                out.append(int(text) if text else -1)
+                value = int(text) if text else -1
             except ValueError:
                 raise DatasetError(f"{path}:{lineno}: {key} must be an integer or empty, got {text!r}") from None
+            if value < -1:
+                raise DatasetError(f"{path}:{lineno}: {key} must be >= 0, or -1 / empty when unknown, got {value}")
+            out.append(value)
     if not paths:
         raise DatasetError(f"{path}: the CSV lists no images")
-    return ImageList(paths, np.maximum(np.array(pids), -1), np.maximum(np.array(cams), -1))
+    return ImageList(paths, np.array(pids, dtype=np.int64), np.array(cams, dtype=np.int64))

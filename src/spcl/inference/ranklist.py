@@ -15,6 +15,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from spcl.data.image_dataset import read_image
+from spcl.utils.files import atomic_output
 from spcl.data.base import DatasetError
 
 __all__ = ["Entry", "Row", "draw_ranked_lists", "thumb_size"]
@@ -117,7 +118,8 @@ def draw_ranked_lists(
     for number, page in enumerate(pages, start=1):
         path = out if number == 1 else out.with_name(f"{out.stem}-{number}{out.suffix}")
         heading = title + (f" (page {number} of {len(pages)})" if len(pages) > 1 else "")
-        _draw_page(page, heading, thumb).save(path, optimize=True)
+        with atomic_output(path, what="the ranked lists' picture") as tmp:
+            _draw_page(page, heading, thumb).save(tmp, format="PNG", optimize=True)
         written.append(path)
     return written
 

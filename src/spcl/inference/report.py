@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from spcl.utils.files import atomic_output, write_text
+
 __all__ = ["write_report"]
 
 _STYLE = """
@@ -82,8 +84,11 @@ def _save(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, metadata=_NO_METADATA)
-    plt.close(fig)
+    try:
+        with atomic_output(path, what="a picture of the report") as tmp:
+            fig.savefig(tmp, format="png", metadata=_NO_METADATA)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -436,9 +441,6 @@ def write_report(
         f'<p class="sub">{html.escape(str(run.resolve()))}</p>'
         f'<table class="summary">{summary}</table>{"".join(sections)}</main></body></html>\n'
     )
-    out = run / "report.html"
-    tmp = run / ".report.html.tmp"
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+    out = write_text(run / "report.html", page, what="the report")
     log(f"report: {out} (pictures in {pictures})")
     return out

@@ -9,7 +9,15 @@ Two engines, one answer format:
   index (``IVF<nlist>,Flat`` on the inner product of the unit features) probed in ``nprobe`` of
   its lists, approximate but two orders of magnitude less work per query on a large gallery;
   ``index="flat"`` is faiss's exact search. A trained index can be kept next to the gallery's
-  feature file and is reused while that file is unchanged.
+  feature file: it is keyed on a digest of every feature value (computed once per search), so a
+  re-extracted gallery of the same name and size never reuses an index of other features, and a
+  folder that cannot hold it (read-only) only means that the index is not kept.
+
+An approximate index knows its error: :meth:`GalleryIndex.measure_recall` compares its top-k with
+the exact top-k on a sample of the queries (sample x gallery x d work), and
+:meth:`GalleryIndex.tune` doubles ``nprobe`` until that recall reaches what is asked (``spcl
+search --recall``, 0.95 by default). Every distance it returns is computed on the current features
+(the index only proposes the candidates).
 
 Re-ranking (k-reciprocal, k1 20, k2 6, lambda 0.3, as in evaluation) is exact and costs time in
 (queries + gallery)^2: it is meant for galleries up to some tens of thousands of images.
@@ -22,6 +30,8 @@ the query's own camera, or the query's own file).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -33,6 +43,7 @@ import torch
 
 from spcl.evaluation import ImageSet, ranked_from_distances, ranked_gallery, re_rank
 from spcl.inference.images import ImageList
+from spcl.utils.files import OutputError, atomic_output, write_text
 from spcl.utils.optional import need_faiss, optional_faiss
 
 __all__ = ["INDEX_KINDS", "GalleryIndex", "Match", "QueryResult", "search_gallery", "to_rows", "to_text"]
@@ -78,7 +89,8 @@ class GalleryIndex:
     ``kind``: "exact" (blocked torch search), "flat" (faiss exact), "ivf" (faiss inverted file,
     ``nlist`` lists, ``nprobe`` probed; defaults grow with the gallery), or "auto" (ivf from
     100,000 images when faiss is installed, exact otherwise). ``cache``: a file where the trained
-    ivf index is kept and read back (it is rebuilt when the gallery differs)."""
+    ivf index is kept and read back (it is rebuilt when any feature value differs); ``notes`` says
+    what happened to it when that is worth a line (not kept: the folder is read-only)."""
 
     def __init__(
         self,
@@ -92,6 +104,8 @@ class GalleryIndex:
     ) -> None:
         if kind not in INDEX_KINDS:
             raise ValueError(f"index must be one of {', '.join(INDEX_KINDS)}, got {kind!r}")
+        if nlist < 0 or nprobe < 0:
+            raise ValueError(f"nlist and nprobe count lists: give 0 (automatic) or more, got nlist {nlist}, nprobe {nprobe}")
         features = features.numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
         if features.ndim != 2 or len(features) == 0:
             raise ValueError(f"the gallery needs an N x d feature matrix with N >= 1, got shape {features.shape}")
@@ -104,6 +118,7 @@ class GalleryIndex:
             faiss = need_faiss(f"index {kind!r}", "use --index exact")
         self.kind = kind
         self.index: Any = None
+        self.notes: list[str] = []
         if kind == "flat":
             self.index = faiss.IndexFlatIP(self.features.shape[1])
             self.index.add(self._unit(self.features))
@@ -119,11 +134,41 @@ class GalleryIndex:
         norms = np.linalg.norm(x, axis=1, keepdims=True)
         return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
 
+    def digest(self) -> str:
+        """A digest of every feature value and the shape: what a kept index depends on."""
+        h = hashlib.blake2b(digest_size=20)
+        h.update(repr(self.features.shape).encode())
+        rows = max(1, (64 * 2**20) // max(1, self.features.shape[1] * 4))
+        for a in range(0, len(self.features), rows):  # 64 MiB at a time
+            h.update(self.features[a : a + rows].tobytes())
+        return h.hexdigest()
+
+    def _cached(self, faiss: Any, cache: Path, key: dict[str, Any]) -> Any | None:
+        key_file = Path(f"{cache}.key")
+        try:
+            if not (cache.is_file() and key_file.is_file()) or json.loads(key_file.read_text()) != key:
+                return None
+            index = faiss.read_index(str(cache))
+        except (OSError, ValueError, RuntimeError):  # unreadable or damaged: built again
+            return None
+        if index.ntotal != len(self.features) or index.d != self.features.shape[1]:
+            return None
+        return index
+
+    def _keep(self, faiss: Any, index: Any, cache: Path, key: dict[str, Any]) -> None:
+        try:
+            with atomic_output(cache, what="the gallery's index") as tmp:
+                faiss.write_index(index, str(tmp))
+            write_text(f"{cache}.key", json.dumps(key) + "\n", what="the key of the gallery's index")
+        except OutputError as exc:
+            self.notes.append(f"note: the trained index is not kept ({exc}); the search goes on without it")
+
     def _ivf(self, faiss: Any, cache: Path | None) -> Any:
-        fingerprint = f"{self.features.shape}|{float(self.features[:: max(1, len(self.features) // 997)].sum()):.6e}|{self.nlist}"
-        if cache is not None and cache.is_file() and Path(f"{cache}.key").is_file():
-            if Path(f"{cache}.key").read_text() == fingerprint:
-                return faiss.read_index(str(cache))
+        key = {"digest": self.digest(), "nlist": self.nlist, "shape": list(self.features.shape)} if cache else {}
+        if cache is not None:
+            kept = self._cached(faiss, cache, key)
+            if kept is not None:
+                return kept
         d = self.features.shape[1]
         index = faiss.index_factory(d, f"IVF{self.nlist},Flat", faiss.METRIC_INNER_PRODUCT)
         unit = self._unit(self.features)
@@ -134,10 +179,7 @@ class GalleryIndex:
         index.train(sample)
         index.add(unit)
         if cache is not None:
-            tmp = cache.with_name(f".{cache.name}.tmp")
-            faiss.write_index(index, str(tmp))
-            os.replace(tmp, cache)
-            Path(f"{cache}.key").write_text(fingerprint)
+            self._keep(faiss, index, cache, key)
         return index
 
     def __len__(self) -> int:
@@ -153,12 +195,57 @@ class GalleryIndex:
             )
         if self.index is None:
             return ranked_gallery(ImageSet(queries), ImageSet(self.features), k, "cosine", device=self.device)
-        sims, index = self.index.search(self._unit(np.ascontiguousarray(queries, dtype=np.float32)), min(k, len(self)))
-        distances = np.where(index < 0, np.inf, 1.0 - sims.astype(np.float64))
+        unit_queries = self._unit(np.ascontiguousarray(queries, dtype=np.float32))
+        _, index = self.index.search(unit_queries, min(k, len(self)))
+        index = np.where((index >= 0) & (index < len(self)), index, -1).astype(np.int64)
+        # the index proposes candidates; their distances are computed on the current features
+        if getattr(self, "_norms", None) is None:
+            self._norms = np.maximum(np.linalg.norm(self.features, axis=1), 1e-12)
+        norms = self._norms
+        distances = np.empty(index.shape, dtype=np.float64)
+        step = max(1, 2**22 // max(1, index.shape[1] * self.features.shape[1]))  # 16 MiB of gathered rows
+        for a in range(0, len(index), step):
+            block = np.maximum(index[a : a + step], 0)
+            sims = np.einsum("qkd,qd->qk", self.features[block], unit_queries[a : a + step]) / norms[block]
+            distances[a : a + step] = 1.0 - sims.astype(np.float64)
+        distances = np.where(index < 0, np.inf, distances)
+        order = np.lexsort((np.where(index < 0, np.iinfo(np.int64).max, index), distances), axis=1)
+        index, distances = np.take_along_axis(index, order, 1), np.take_along_axis(distances, order, 1)
         out_i = np.full((len(queries), k), -1, dtype=np.int64)
         out_d = np.full((len(queries), k), np.inf)
         out_i[:, : index.shape[1]], out_d[:, : index.shape[1]] = index, distances
         return out_i, out_d
+
+    def measure_recall(self, queries: np.ndarray | torch.Tensor, k: int, *, sample: int = 500, seed: int = 0) -> float:
+        """Recall@k of this index: the share of the exact top-k gallery entries that its top-k holds,
+        on ``sample`` random queries (all of them when fewer). 1.0 for the exact kinds."""
+        if self.kind in ("exact", "flat"):
+            return 1.0
+        queries = queries.numpy() if isinstance(queries, torch.Tensor) else np.asarray(queries)
+        k = min(k, len(self))
+        rng = np.random.default_rng(seed)
+        rows = np.sort(rng.choice(len(queries), size=min(sample, len(queries)), replace=False))
+        chosen = np.ascontiguousarray(queries[rows], dtype=np.float32)
+        exact, _ = ranked_gallery(ImageSet(chosen), ImageSet(self.features), k, "cosine", device=self.device)
+        found, _ = self.search(chosen, k)
+        hits = (exact[:, :, None] == found[:, None, :]).any(axis=2) & (exact >= 0)
+        return float(hits.sum() / max(1, (exact >= 0).sum()))
+
+    def tune(
+        self, queries: np.ndarray | torch.Tensor, k: int, target: float, *, sample: int = 500, seed: int = 0
+    ) -> tuple[float, int]:
+        """Double ``nprobe`` until the measured recall@k reaches ``target`` (or every list is probed);
+        returns (recall, nprobe). An exact index returns (1.0, 0)."""
+        if not 0.0 <= target <= 1.0:
+            raise ValueError(f"the recall to reach is a share in [0, 1], got {target}")
+        if self.index is None or self.kind == "flat":
+            return 1.0, 0
+        recall = self.measure_recall(queries, k, sample=sample, seed=seed)
+        while recall < target and self.nprobe < self.nlist:
+            self.nprobe = min(self.nlist, 2 * self.nprobe)
+            self.index.nprobe = self.nprobe
+            recall = self.measure_recall(queries, k, sample=sample, seed=seed)
+        return recall, self.nprobe
 
 
 def search_gallery(

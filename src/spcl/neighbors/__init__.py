@@ -8,7 +8,15 @@ encoding, the local query expansion and the sums of minima behind the Jaccard di
 
 from __future__ import annotations
 
-from spcl.neighbors.approximate import CellSearch, cell_search, default_cells, unit_features_half
+from spcl.neighbors.approximate import (
+    CellIndex,
+    CellSearch,
+    ProbeChoice,
+    cell_search,
+    choose_probe,
+    default_cells,
+    unit_features_half,
+)
 from spcl.neighbors.kreciprocal import (
     cross_min_overlap_blocks,
     encoding_weights,
@@ -27,8 +35,11 @@ from spcl.neighbors.search import (
 )
 
 __all__ = [
+    "CellIndex",
     "CellSearch",
+    "ProbeChoice",
     "cell_search",
+    "choose_probe",
     "default_cells",
     "unit_features_half",
     "as_unit_features",

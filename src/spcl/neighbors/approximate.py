@@ -17,6 +17,14 @@ search is exhaustive and returns the exact neighbours. Cost: N x probe x N / cel
 Features are held in float16 (2 bytes a value: 4 GiB at 10^6 x 2048) and every product runs in
 float32 on blocks: the neighbour order then differs from float32 storage only among candidates
 whose similarities differ by less than about 1e-3.
+
+How many neighbours a given ``probe`` misses depends on the features, not on N alone: identities
+spread over the whole sphere with loose members need many more cells than tight look-alike
+families. So before its lists are used the search measures itself (:func:`choose_probe`): the
+exact k nearest points of a random sample (sample x N x d products) give the recall of every
+probe at once (a neighbour is found exactly when its cell is among the probed cells of the
+query's cell), the smallest probe that reaches the asked recall is taken, and when that probe
+would compare about as many pairs as the exact search the caller searches exactly instead.
 """
 
 from __future__ import annotations
@@ -32,7 +40,10 @@ from spcl.neighbors.search import canonical_order, row_norms
 from spcl.utils.progress import progress
 from spcl.utils.optional import need_faiss
 
-__all__ = ["CellSearch", "cell_search", "unit_features_half", "require_faiss", "default_cells"]
+__all__ = [
+    "CellIndex", "CellSearch", "ProbeChoice", "cell_search", "choose_probe", "default_cells", "require_faiss",
+    "unit_features_half",
+]
 
 _ROWS = 32768  # rows per block when normalising or assigning (float32 block: 256 MiB at d = 2048)
 _COLUMNS = 16384  # candidate columns compared at a time
@@ -120,68 +131,215 @@ def _assign(unit: torch.Tensor, centroids: torch.Tensor, show: bool) -> torch.Te
     return cell
 
 
-def _probes(centroids: torch.Tensor, sizes: np.ndarray, probe: int, k: int) -> list[np.ndarray]:
-    """Per cell, the cells its points are compared with: its own, then by centroid similarity, at
-    least ``probe`` of them and as many more as it takes to hold k candidates."""
+def _cell_order(centroids: torch.Tensor) -> np.ndarray:
+    """Per cell, every cell by similarity of its centroid: its own first, ties by the lower index."""
     sims = centroids @ centroids.T
     sims.fill_diagonal_(float("inf"))
-    order = torch.argsort(sims, dim=1, descending=True, stable=True).cpu().numpy()
-    counts = np.cumsum(sizes[order], axis=1)
-    enough = np.argmax(counts >= k, axis=1) + 1  # cells needed for k candidates (all: k <= N)
-    width = np.maximum(np.minimum(probe, order.shape[1]), enough)
-    return [order[c, : width[c]] for c in range(order.shape[0])]
+    return torch.argsort(sims, dim=1, descending=True, stable=True).cpu().numpy()
+
+
+@dataclass(frozen=True)
+class ProbeChoice:
+    """What the approximate search measured of itself and chose (logged with each epoch's labels).
+
+    ``recall`` is the share of the sample's k - 1 exact nearest neighbours (the point itself aside)
+    that the search at ``probe`` finds; ``recall_asked_probe`` the same at the configured probe.
+    ``pairs`` and ``exact_pairs`` are the similarities each search computes; ``exact`` says that
+    the probe needed makes the approximate search no cheaper, so the caller should search exactly.
+    """
+
+    probe: int
+    recall: float
+    asked_probe: int
+    recall_asked_probe: float
+    target: float
+    sample: int
+    cells: int
+    pairs: int
+    exact_pairs: int
+    exact: bool
+
+    def summary(self) -> str:
+        """One log line."""
+        line = (f"approximate kNN: recall {self.recall:.4f} at probe {self.probe} of {self.cells} cells "
+                f"(asked {self.target:g}, measured on {self.sample} sampled points")
+        if self.probe != self.asked_probe:
+            line += f"; probe {self.asked_probe} gave {self.recall_asked_probe:.4f}"
+        line += ")"
+        if self.exact:
+            line += (f": that probe compares {self.pairs / max(1, self.exact_pairs):.0%} of the exact search's pairs, "
+                     "so the search is exact")
+        return line
+
+    def metrics(self) -> dict[str, float]:
+        """The figures a run's history and ``metrics.csv`` keep (``knn_*``)."""
+        return {"knn_recall": round(self.recall, 5), "knn_probe": float(self.probe),
+                "knn_exact_fallback": float(self.exact)}
+
+
+# An approximate pair costs more than an exact one (a cell's few query rows against its gathered
+# float16 candidates, converted to float32: a product with little reuse, where the exact search
+# multiplies square 2048-row tiles): measured on a 2-core CPU at N = 20,000 x 2048, 1.7x at probe 32
+# and 3.3x at the exhaustive probe. The approximate search is kept only while it computes fewer than
+# this share of the exact search's pairs, beyond which it is no faster.
+FALLBACK_SHARE = 0.3
+
+
+class CellIndex:
+    """The cells of a set of points: centroids, each point's cell and the cells' member lists.
+
+    Built once (k-means and assignment, the part that does not depend on the probe); searched at any
+    probe, and measured (:func:`choose_probe`) before it is searched.
+    """
+
+    def __init__(self, unit: torch.Tensor, settings: CellSearch | None = None, *, show_progress: bool = True) -> None:
+        self.settings = settings = settings or CellSearch()
+        n = unit.shape[0]
+        self.n = n
+        self.cells = min(n, settings.cells or default_cells(n))
+        self.centroids = _train_centroids(unit, self.cells, settings)
+        self.cell = _assign(unit, self.centroids, show_progress)
+        self.order = torch.argsort(self.cell, stable=True)
+        self.sizes = torch.bincount(self.cell, minlength=self.cells).cpu().numpy().astype(np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.sizes)])
+        self.cell_order = _cell_order(self.centroids)
+
+    def widths(self, probe: int, k: int) -> np.ndarray:
+        """Per cell, how many cells (in ``cell_order``) its points are compared with: at least
+        ``probe`` and as many more as it takes to hold k candidates."""
+        counts = np.cumsum(self.sizes[self.cell_order], axis=1)
+        enough = np.argmax(counts >= min(k, self.n), axis=1) + 1  # cells needed for k candidates
+        return np.maximum(np.minimum(probe, self.cells), enough)
+
+    def pairs(self, probe: int, k: int) -> int:
+        """Similarities the search at ``probe`` computes: every point against its cell's candidates."""
+        widths = self.widths(probe, k)
+        cumulative = np.cumsum(self.sizes[self.cell_order], axis=1)
+        candidates = cumulative[np.arange(self.cells), widths - 1]
+        return int((self.sizes * candidates).sum())
+
+    def search(self, unit: torch.Tensor, k: int, probe: int, *, show_progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest points of every point among its cell's probed cells (see :func:`cell_search`)."""
+        n = unit.shape[0]
+        widths = self.widths(probe, k)
+        k = min(k, n)
+        out_indices = torch.empty((n, k), dtype=torch.int64, device=unit.device)
+        out_values = torch.empty((n, k), dtype=torch.float32, device=unit.device)
+        members = [self.order[self.starts[c] : self.starts[c + 1]] for c in range(self.cells)]
+        visit = [c for c in range(self.cells) if self.sizes[c] > 0]
+        for c in progress(visit, "approximate kNN: cells searched", total=len(visit), enabled=show_progress):
+            probed = self.cell_order[c, : widths[c]]
+            candidates = torch.cat([members[p] for p in probed])  # own cell first, in the order of ``members``
+            own = int(self.sizes[c])
+            for q0 in range(0, own, _QUERIES):
+                rows = members[c][q0 : q0 + _QUERIES]
+                indices, values = _top_among(unit, rows, candidates, k)
+                queries = unit[rows].float()
+                values[:, 0] = (queries * queries).sum(dim=1)
+                out_indices[rows] = indices
+                out_values[rows] = values
+        return out_indices.cpu().numpy(), out_values.cpu().numpy()
+
+
+def _top_among(
+    unit: torch.Tensor, rows: torch.Tensor, candidates: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k most similar of ``candidates`` (row indices of ``unit``) for each of ``rows`` (row
+    indices too), in canonical order; a row among the candidates heads its own list."""
+    queries = unit[rows].float()
+    best_values = best_indices = None
+    for c0 in range(0, candidates.shape[0], _COLUMNS):
+        columns = candidates[c0 : c0 + _COLUMNS]
+        sims = queries @ unit[columns].float().T
+        sims.masked_fill_(columns[None, :] == rows[:, None], float("inf"))  # a point heads its own list
+        values, positions = torch.topk(sims, min(k, sims.shape[1]), dim=1, sorted=False)
+        indices = columns[positions]
+        if best_values is not None:
+            values = torch.cat([best_values, values], dim=1)
+            indices = torch.cat([best_indices, indices], dim=1)
+            values, positions = torch.topk(values, min(k, values.shape[1]), dim=1, sorted=False)
+            indices = torch.gather(indices, 1, positions)
+        best_values, best_indices = values, indices
+    return canonical_order(best_indices, best_values)
+
+
+def sample_exact_neighbors(unit: torch.Tensor, rows: np.ndarray, k: int) -> np.ndarray:
+    """The exact k nearest points (the point itself first) of the sampled ``rows`` among all N:
+    a sample x N product in float32 blocks, the measure the approximate search is held to."""
+    n = unit.shape[0]
+    k = min(k, n)
+    index = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(unit.device)
+    everyone = torch.arange(n, device=unit.device)
+    out = np.empty((len(rows), k), dtype=np.int64)
+    for a in range(0, len(rows), _QUERIES):
+        chunk = index[a : a + _QUERIES]
+        out[a : a + len(chunk)] = _top_among(unit, chunk, everyone, k)[0].cpu().numpy()
+    return out
+
+
+def choose_probe(
+    index: CellIndex, unit: torch.Tensor, k: int, target: float, *, probe: int | None = None, sample: int = 1000,
+    seed: int = 0,
+) -> ProbeChoice:
+    """The smallest probe, not below ``probe`` (default: the index's settings), whose recall of the k
+    nearest neighbours on ``sample`` random points reaches ``target``, and whether the exact search
+    is the cheaper way to that recall.
+
+    A neighbour j of a point i is found exactly when j's cell is among the cells i's cell probes
+    (the candidates hold it, and a true top-k point is in the top k of any subset holding it), so
+    one exact search of the sample gives the recall of every probe without searching again.
+    """
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"the recall asked of the approximate search is a share in (0, 1], got {target}")
+    n = index.n
+    asked = index.settings.probe if probe is None else probe
+    exact_pairs = n * (n + 1) // 2  # the exact search computes each pair once
+    rng = np.random.default_rng(seed)
+    size = min(n, max(1, sample))
+    rows = np.sort(rng.choice(n, size=size, replace=False)) if size < n else np.arange(n)
+    neighbors = sample_exact_neighbors(unit, rows, k)[:, 1:]  # the point itself is always found
+    cell = index.cell.cpu().numpy()
+    rank_of = np.empty_like(index.cell_order)
+    rank_of[np.arange(index.cells)[:, None], index.cell_order] = np.arange(index.cells)[None, :]
+    query_cells = cell[rows]
+    ranks = rank_of[query_cells[:, None], cell[neighbors]]  # position of each neighbour's cell in the probe order
+
+    def recall(p: int) -> float:
+        if neighbors.shape[1] == 0:
+            return 1.0
+        return float((ranks < index.widths(p, k)[query_cells][:, None]).mean())
+
+    low = max(1, min(asked, index.cells))
+    asked_recall = recall(low)
+    chosen = low
+    if asked_recall < target:
+        lo, hi = low, index.cells  # recall(cells) = 1 (exhaustive)
+        while lo < hi:  # recall grows with the probe: the smallest probe that reaches the target
+            mid = (lo + hi) // 2
+            if recall(mid) >= target:
+                hi = mid
+            else:
+                lo = mid + 1
+        chosen = lo
+    pairs = index.pairs(chosen, k)
+    return ProbeChoice(
+        probe=chosen, recall=recall(chosen), asked_probe=asked, recall_asked_probe=asked_recall, target=target,
+        sample=size, cells=index.cells, pairs=pairs, exact_pairs=exact_pairs,
+        exact=pairs >= FALLBACK_SHARE * exact_pairs,
+    )
 
 
 def cell_search(
     unit: torch.Tensor, k: int, settings: CellSearch | None = None, *, show_progress: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Approximate k nearest points of every point of ``unit`` (L2-normalised, float16 or float32).
+    """Approximate k nearest points of every point of ``unit`` (L2-normalised, float16 or float32),
+    at the settings' probe (measured or not: see :func:`choose_probe`).
 
     Returns (indices N x k int64, similarities float32) in the exact search's convention: the point
     itself first (with its own similarity), then by similarity, ties by the lower index.
     """
     settings = settings or CellSearch()
-    n, _ = unit.shape
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
-    k = min(k, n)
-    cells = min(n, settings.cells or default_cells(n))
-    centroids = _train_centroids(unit, cells, settings)
-    cell = _assign(unit, centroids, show_progress)
-    order = torch.argsort(cell, stable=True)
-    sizes = torch.bincount(cell, minlength=cells).cpu().numpy()
-    starts = np.concatenate([[0], np.cumsum(sizes)])
-    probes = _probes(centroids, sizes, settings.probe, k)
-
-    out_indices = torch.empty((n, k), dtype=torch.int64, device=unit.device)
-    out_values = torch.empty((n, k), dtype=torch.float32, device=unit.device)
-    members = [order[starts[c] : starts[c + 1]] for c in range(cells)]
-    visit = [c for c in range(cells) if sizes[c] > 0]
-    for c in progress(visit, "approximate kNN: cells searched", total=len(visit), enabled=show_progress):
-        candidates = torch.cat([members[p] for p in probes[c]])  # own cell first, in the order of ``members``
-        own = int(sizes[c])
-        for q0 in range(0, own, _QUERIES):
-            rows = members[c][q0 : q0 + _QUERIES]
-            queries = unit[rows].float()
-            best_values = best_indices = None
-            for c0 in range(0, candidates.shape[0], _COLUMNS):
-                columns = candidates[c0 : c0 + _COLUMNS]
-                sims = queries @ unit[columns].float().T
-                self_start = q0 - c0  # the queries themselves sit at columns q0.. of the own cell
-                if self_start < sims.shape[1] and self_start + rows.shape[0] > 0:
-                    lo, hi = max(0, self_start), min(sims.shape[1], self_start + rows.shape[0])
-                    r = torch.arange(lo - self_start, hi - self_start, device=sims.device)
-                    sims[r, r + self_start] = float("inf")  # a point heads its own list
-                values, positions = torch.topk(sims, min(k, sims.shape[1]), dim=1, sorted=False)
-                indices = columns[positions]
-                if best_values is not None:
-                    values = torch.cat([best_values, values], dim=1)
-                    indices = torch.cat([best_indices, indices], dim=1)
-                    values, positions = torch.topk(values, min(k, values.shape[1]), dim=1, sorted=False)
-                    indices = torch.gather(indices, 1, positions)
-                best_values, best_indices = values, indices
-            indices, values = canonical_order(best_indices, best_values)
-            values[:, 0] = (queries * queries).sum(dim=1)
-            out_indices[rows] = indices
-            out_values[rows] = values
-    return out_indices.cpu().numpy(), out_values.cpu().numpy()
+    index = CellIndex(unit, settings, show_progress=show_progress)
+    return index.search(unit, k, settings.probe, show_progress=show_progress)

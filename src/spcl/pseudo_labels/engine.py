@@ -20,7 +20,7 @@ import scipy.sparse as sp
 import torch
 
 from spcl.config import PseudoLabelConfig
-from spcl.neighbors.approximate import CellSearch, cell_search, unit_features_half
+from spcl.neighbors.approximate import CellIndex, CellSearch, choose_probe, unit_features_half
 from spcl.neighbors.search import CANDIDATE_SLOTS, as_unit_features, search_unit
 from spcl.pseudo_labels.clustering import check_radii, cluster_three_radii
 from spcl.pseudo_labels.jaccard import jaccard_from_neighbors
@@ -61,6 +61,11 @@ class PseudoLabels:
     cluster_kept_members: np.ndarray  # members kept by the criterion (0: cluster rejected)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     neighbors: str = "exact"  # the search that ran: "exact" or "approximate"
+    search: dict[str, float] = field(default_factory=dict)
+    """What the approximate search measured of itself (``knn_recall``, ``knn_probe``,
+    ``knn_exact_fallback``); empty when it did not run or was not measured."""
+    search_note: str = ""
+    """The approximate search's one-line account of its recall and probe (empty: none)."""
 
     @property
     def independence_threshold(self) -> float | None:
@@ -199,6 +204,8 @@ def generate(
     exact_up_to: int = EXACT_UP_TO,
     approx_cells: int = 0,
     approx_probe: int = 8,
+    approx_recall: float = 0.99,
+    approx_sample: int = 1000,
 ) -> PseudoLabels:
     """Self-paced pseudo labels for the target instance features (N x d, numpy or torch).
 
@@ -209,8 +216,12 @@ def generate(
 
     ``neighbors`` chooses the search: "exact" (tiled products in float32), "approximate" (an
     inverted file searched cell against cells with features in float16, ``approx_cells`` cells of
-    which each is compared with ``approx_probe``; needs faiss, see ``spcl.neighbors.approximate``)
-    or "auto": exact up to ``exact_up_to`` features (100,000), approximate above. Everything after
+    which each is compared with at least ``approx_probe``; needs faiss, see ``spcl.neighbors.approximate``)
+    or "auto": exact up to ``exact_up_to`` features (100,000), approximate above. The approximate
+    search first measures its recall of the k1 nearest neighbours on ``approx_sample`` random points
+    and raises its probe until the recall reaches ``approx_recall`` (0: not measured), or searches
+    exactly when that probe makes it no faster; ``result.search`` and ``result.search_note`` say
+    what it measured and chose. Everything after
     the search is the same for both and runs on the CPU in memory linear in the number of stored
     pairs. ``knn_backend="faiss"`` instead searches with a faiss index built from ``faiss_index``
     (a factory string, "Flat" exact). ``result.timings`` holds the seconds spent in each stage.
@@ -219,7 +230,7 @@ def generate(
         eps=eps, eps_gap=eps_gap, k1=k1, k2=k2, min_samples=min_samples, self_paced=self_paced,
         knn_backend=knn_backend, faiss_index=faiss_index,  # type: ignore[arg-type]
         neighbors=neighbors, exact_up_to=exact_up_to, approx_cells=approx_cells,  # type: ignore[arg-type]
-        approx_probe=approx_probe,
+        approx_probe=approx_probe, approx_recall=approx_recall, approx_sample=approx_sample,
     )
     return generate_with(features, settings, alpha, device=device)
 
@@ -246,10 +257,23 @@ def generate_with(
     search = "exact" if s.knn_backend == "faiss" else resolve_neighbors(s.neighbors, n, s.exact_up_to)
     _check_search_memory(features, s.k1, device, search == "approximate")
     clock = time.perf_counter()
+    measured: dict[str, float] = {}
+    note = ""
     if search == "approximate":
         unit = unit_features_half(features, device)
-        cells = CellSearch(cells=s.approx_cells, probe=s.approx_probe)
-        ranks, similarities = cell_search(unit, s.k1, cells, show_progress=show_progress)
+        index = CellIndex(unit, CellSearch(cells=s.approx_cells, probe=s.approx_probe), show_progress=show_progress)
+        probe = s.approx_probe
+        if s.approx_recall > 0:
+            with stage(f"approximate kNN: recall on {min(n, s.approx_sample)} sampled points", enabled=show_progress):
+                choice = choose_probe(index, unit, s.k1, s.approx_recall, sample=s.approx_sample)
+            measured, note, probe = choice.metrics(), choice.summary(), choice.probe
+            if choice.exact:
+                search = "exact"
+                del unit, index
+                _check_search_memory(features, s.k1, device, False)
+    if search == "approximate":
+        ranks, similarities = index.search(unit, s.k1, probe, show_progress=show_progress)
+        del index
     else:
         unit = as_unit_features(features, device)
         ranks, _ = search_unit(unit, s.k1, backend=s.knn_backend, faiss_index=s.faiss_index)
@@ -265,5 +289,6 @@ def generate_with(
         distances, s.eps, s.eps_gap, s.min_samples, alpha, self_paced=s.self_paced, show_progress=show_progress
     )
     return replace(
-        result, timings={"knn": knn_seconds, "jaccard": jaccard_seconds, **result.timings}, neighbors=search
+        result, timings={"knn": knn_seconds, "jaccard": jaccard_seconds, **result.timings}, neighbors=search,
+        search=measured, search_note=note,
     )

@@ -72,6 +72,8 @@ class EpochLog:
     seconds: float = 0.0
     quality: dict[str, float] = field(default_factory=dict)
     eval: dict[str, float] = field(default_factory=dict)
+    search: dict[str, float] = field(default_factory=dict)
+    """The approximate neighbour search's measured recall and probe (``knn_*``), when it ran."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -297,6 +299,7 @@ def _row(entry: EpochLog) -> dict[str, Any]:
         "clusters": entry.num_clusters, "outliers": entry.num_outliers,
         "alpha": entry.alpha, "lr": entry.lr, "seconds": round(entry.seconds, 2),
         **{f"pl_{k}": v for k, v in entry.quality.items()},
+        **dict(entry.search.items()),
         **dict(entry.eval.items()),
     }
 
@@ -323,6 +326,11 @@ class ConsoleLog(Hook):
             parts.append(f"clusters {e.num_clusters} outliers {e.num_outliers}")
             if math.isfinite(e.alpha):
                 parts.append(f"alpha {e.alpha:.3f}")
+            if e.search.get("knn_exact_fallback"):
+                parts.append(f"kNN exact (approximate recall {e.search['knn_recall']:.3f} needed probe "
+                             f"{e.search['knn_probe']:.0f})")
+            elif "knn_recall" in e.search:
+                parts.append(f"kNN recall {e.search['knn_recall']:.3f} probe {e.search['knn_probe']:.0f}")
         if e.quality:
             q = e.quality
             parts.append(f"pseudo-labels P {q['pair_precision']:.2f} R {q['pair_recall']:.2f} NMI {q['nmi']:.2f}")

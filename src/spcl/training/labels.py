@@ -39,6 +39,11 @@ class TargetLabels:
     alpha: float | None = None
     quality: dict[str, float] = field(default_factory=dict)
     """Pairwise precision / recall / NMI against the true identities, when they are known."""
+    search: dict[str, float] = field(default_factory=dict)
+    """What the approximate neighbour search measured of itself (``knn_recall``, ``knn_probe``,
+    ``knn_exact_fallback``), when it ran."""
+    search_note: str = ""
+    """Its one-line account for the log."""
 
 
 class SelfPacedLabels:
@@ -64,7 +69,9 @@ class SelfPacedLabels:
             # the classic pseudo-label baseline: un-clustered samples leave the memory's classes and
             # the sampler (both skip label -1)
             labels = np.where(np.bincount(labels)[labels] == 1, -1, labels)
-        return TargetLabels(labels, result.num_clusters, result.num_outliers, self.alpha, quality)
+        return TargetLabels(
+            labels, result.num_clusters, result.num_outliers, self.alpha, quality, dict(result.search), result.search_note
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"alpha": self.alpha}

@@ -50,6 +50,7 @@ from spcl.evaluation import evaluate_model, extract_features
 from spcl.memory import MemoryData, SlotMemory, memory_class
 from spcl.models import require_backbone, use_domain
 from spcl.models.images_per_bn import batchnorm_buffers, set_bn_groups
+from spcl.neighbors.approximate import require_faiss
 from spcl.training.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
@@ -217,6 +218,8 @@ class Trainer:
         self.workers = resolve_workers(c.data.workers, self.device, self.dist.world_size)
         set_deterministic(c.runtime.deterministic, self.device)
         require_backbone(c.model.arch)  # before minutes of reading or generating data
+        if c.mode in ("uda", "usl") and c.pseudo.neighbors == "approximate" and c.pseudo.knn_backend == "torch":
+            require_faiss()  # the approximate search is needed at the first epoch's labels
         for unread in self.method.unread_settings(config.memory):
             self.log(f"note: {unread} is not a setting of memory.kind {c.memory.kind}: it is ignored")
 
@@ -494,6 +497,8 @@ class Trainer:
         labels, state = self.dist.run_on_main(compute, "pseudo-labelling")
         if not self.dist.is_main:
             labeler.load_state_dict(state)  # e.g. the alpha fixed at the first epoch
+        if labels.search_note:
+            self.log(f"epoch {self.epoch + 1}: {labels.search_note}")
         fault_point(f"labels:{self.epoch + 1}")
         try:
             self.memory.set_epoch_labels(self.epoch, features, labels.labels)
@@ -534,6 +539,7 @@ class Trainer:
             num_clusters=labels.num_clusters if labels else 0, num_outliers=labels.num_outliers if labels else 0,
             alpha=float(labels.alpha) if labels and labels.alpha is not None else float("nan"), lr=lr,
             seconds=current.seconds, quality=dict(labels.quality) if labels else {},
+            search=dict(labels.search) if labels else {},
         )
 
     def train_step(self, iteration: int) -> StepLosses:
