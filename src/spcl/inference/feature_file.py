@@ -152,10 +152,7 @@ def extract_to_file(
     out = Path(out)
     if not len(images):
         raise ValueError("no images to extract features from")
-    feature_bytes = len(images) * extractor.feature_dim * 4
-    path_bytes = sum(len(p) * 4 + 16 for p in images.paths)
-    # the chunks and the assembled file exist together until the chunks are removed
-    check_output(out, inputs=[extractor.checkpoint], size=2 * feature_bytes + path_bytes, what="the feature file")
+    check_output(out, inputs=[extractor.checkpoint], what="the feature file")
     if str(out.resolve()) in set(images.paths):
         raise ValueError(f"the feature file {out} is one of the images to extract: choose another file")
     partial = out.with_name(out.name + ".partial")
@@ -178,6 +175,10 @@ def extract_to_file(
         done += 1
     if done:
         log(f"continuing an interrupted extraction: {min(done * chunk, len(images))} of {len(images)} images done")
+    # the chunks still to write and the assembled file, which exist together until the chunks go
+    row_bytes = extractor.feature_dim * 4
+    left = max(0, len(images) - done * chunk) * row_bytes
+    check_space(out, left + len(images) * row_bytes + sum(len(p) * 4 + 16 for p in images.paths), "the feature file")
     start = done * chunk
     pending: list[torch.Tensor] = []
     count = 0
