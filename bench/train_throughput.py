@@ -86,11 +86,13 @@ def _tiny_domains(root: Path) -> None:
     write_domain(root / "tgt", "target", seed=0, config=tiny)
 
 
-def spcl_step(root: Path, device: torch.device, batch: int, height: int, width: int, amp: str, layout: str) -> Callable[[], None]:
+def spcl_step(root: Path, device: torch.device, batch: int, height: int, width: int, amp: str, layout: str,
+              arch: str = "resnet50") -> Callable[[], None]:
     """The trainer's step, with a memory of Duke -> Market size and clustered pseudo labels."""
     config = load_config(overrides={
         "mode": "uda", "data.source": str(root / "src"), "data.target": str(root / "tgt"), "data.height": height,
-        "data.width": width, "model.pretrained": "none", "optim.batch_size": batch, "device": str(device),
+        "data.width": width, "model.arch": arch, "model.pretrained": "none", "optim.batch_size": batch,
+        "device": str(device),
         "model.images_per_bn": 16 if batch % 16 == 0 else 0,
         "runtime.amp": amp, "runtime.channels_last": layout, "output": str(root / "run"),
     })
@@ -150,20 +152,25 @@ def alternate(steps: dict[str, Callable[[], None]], device: torch.device, warmup
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def training_table(root: Path, device: torch.device, batch: int, height: int, width: int, warmup: int, repeats: int) -> list[str]:
-    rows = ["| precision | SpCL step (img/s) | plain ResNet-50 step (img/s) | ratio |", "|---|---:|---:|---:|"]
+def training_table(root: Path, device: torch.device, batch: int, height: int, width: int, warmup: int, repeats: int,
+                   archs: tuple[str, ...] = ("resnet50",)) -> list[str]:
+    rows = ["| backbone | precision | SpCL step (img/s) | plain ResNet-50 step (img/s) | ratio |",
+            "|---|---|---:|---:|---:|"]
     print("\n".join(rows), flush=True)
     variants = [("fp32", "off", "off"), ("bf16", "bf16", "off"), ("bf16 + channels_last", "bf16", "on")]
-    for name, amp, layout in variants:
-        ours = spcl_step(root, device, batch, height, width, amp, layout)
-        base = baseline_step(device, batch, height, width, amp, layout)
-        median = alternate({"ours": ours, "base": base}, device, warmup, repeats)
-        ips = {k: 2 * batch / v for k, v in median.items()}
-        rows.append(f"| {name} | {ips['ours']:.1f} | {ips['base']:.1f} | {ips['ours'] / ips['base']:.2f}x |")
-        print(rows[-1], flush=True)
-        del ours, base
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    for arch in archs:
+        for name, amp, layout in variants:
+            if layout == "on" and arch.startswith("vit"):
+                continue  # a transformer has no feature maps to lay out: channels_last changes nothing
+            ours = spcl_step(root, device, batch, height, width, amp, layout, arch)
+            base = baseline_step(device, batch, height, width, amp, layout)
+            median = alternate({"ours": ours, "base": base}, device, warmup, repeats)
+            ips = {k: 2 * batch / v for k, v in median.items()}
+            rows.append(f"| {arch} | {name} | {ips['ours']:.1f} | {ips['base']:.1f} | {ips['ours'] / ips['base']:.2f}x |")
+            print(rows[-1], flush=True)
+            del ours, base
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     return rows
 
 
@@ -209,20 +216,9 @@ def loader_table(root: Path, count: int, workers: int, batch: int, height: int, 
     ]
 
 
-def labels_and_features_table(device: torch.device, count: int, dim: int, extract: int, height: int, width: int) -> list[str]:
-    features, _ = identity_features(count, dim)
-    features_t = torch.from_numpy(features)
-    _sync(device)
-    tic = time.perf_counter()
-    result = generate(features_t, device=device)
-    _sync(device)
-    labelling = time.perf_counter() - tic
-
-    model = torchvision.models.resnet50()
-    model.fc = torch.nn.Identity()
-    model.layer4[0].conv2.stride = (1, 1)
-    model.layer4[0].downsample[0].stride = (1, 1)
-    channels_last = device.type == "cuda"
+def extraction_rate(model: torch.nn.Module, device: torch.device, extract: int, height: int, width: int,
+                    channels_last: bool) -> tuple[int, float]:
+    """(images, seconds) of extracting ``extract`` images of random pixels in batches of 128."""
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format).eval()
     batch = 128
     images = torch.randn(batch, 3, height, width)
@@ -239,12 +235,39 @@ def labels_and_features_table(device: torch.device, count: int, dim: int, extrac
             model(x.contiguous(memory_format=torch.channels_last) if channels_last else x).float().cpu()
             done += batch
         _sync(device)
-    extraction = time.perf_counter() - tic
+    return done, time.perf_counter() - tic
+
+
+def labels_and_features_table(device: torch.device, count: int, dim: int, extract: int, height: int, width: int,
+                              archs: tuple[str, ...] = ()) -> list[str]:
+    features, _ = identity_features(count, dim)
+    features_t = torch.from_numpy(features)
+    _sync(device)
+    tic = time.perf_counter()
+    result = generate(features_t, device=device)
+    _sync(device)
+    labelling = time.perf_counter() - tic
+
+    model = torchvision.models.resnet50()
+    model.fc = torch.nn.Identity()
+    model.layer4[0].conv2.stride = (1, 1)
+    model.layer4[0].downsample[0].stride = (1, 1)
+    done, extraction = extraction_rate(model, device, extract, height, width, device.type == "cuda")
+    encoders = []
+    for arch in archs:  # spcl's encoders (neck and normalisation included), beside the plain ResNet-50
+        from spcl.models import build_encoder
+
+        encoder = build_encoder(arch, pretrained=False, img_size=(height, width))
+        n, seconds = extraction_rate(encoder, device, extract, height, width, device.type == "cuda" and "vit" not in arch)
+        encoders.append(f"| feature extraction, spcl {arch} ({height}x{width}, batch 128) | {n:,} | {seconds:.1f} | "
+                        f"{n / seconds:.0f} |")
     return [
         "| stage | images | seconds | images/s |", "|---|---:|---:|---:|",
         f"| pseudo labels ({result.num_clusters} clusters, {dim}-d features) | {count:,} | {labelling:.1f} | "
         f"{count / labelling:.0f} |",
-        f"| feature extraction ({height}x{width}, batch {batch}) | {done:,} | {extraction:.1f} | {done / extraction:.0f} |",
+        f"| feature extraction, plain ResNet-50 ({height}x{width}, batch 128) | {done:,} | {extraction:.1f} | "
+        f"{done / extraction:.0f} |",
+        *encoders,
     ]
 
 
@@ -257,6 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, help="images per domain in the training step")
     parser.add_argument("--height", type=int, help="training and extraction image height")
     parser.add_argument("--width", type=int, help="training and extraction image width")
+    parser.add_argument("--arch", nargs="+", default=["resnet50"],
+                        help="backbones of the SpCL step and of extraction (e.g. resnet50 vit_small_ics)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["train", "loader", "labels"],
                         help="parts to leave out")
     args = parser.parse_args(argv)
@@ -277,14 +302,15 @@ def main(argv: list[str] | None = None) -> None:
         root = Path(tmp)
         _tiny_domains(root)
         if "train" not in args.skip:
-            print(f"## training step, ResNet-50 at {h}x{w}, batch {b} + {b}\n")
-            training_table(root, device, b, h, w, sizes["warmup"], sizes["repeats"])
+            print(f"## training step, {' / '.join(args.arch)} at {h}x{w}, batch {b} + {b}\n")
+            training_table(root, device, b, h, w, sizes["warmup"], sizes["repeats"], tuple(args.arch))
         if "loader" not in args.skip:
             print(f"\n## loader ({sizes['jpegs']} JPEGs of 128x64, augmented to 256x128)\n")
             print("\n".join(loader_table(root, sizes["jpegs"], args.workers, 128, 256, 128)))
         if "labels" not in args.skip:
             print("\n## pseudo labels and feature extraction\n")
-            print("\n".join(labels_and_features_table(device, sizes["count"], sizes["dim"], sizes["extract"], h, w)))
+            print("\n".join(labels_and_features_table(device, sizes["count"], sizes["dim"], sizes["extract"], h, w,
+                                                       tuple(args.arch))))
 
 
 if __name__ == "__main__":

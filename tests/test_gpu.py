@@ -136,3 +136,24 @@ def test_a_bf16_autocast_step_is_finite_and_keeps_the_memory_float32(data_root: 
     assert np.isfinite(history[-1].loss) and trainer.memory.features.dtype == torch.float32
     if DEVICE.type == "cuda":
         assert trainer.amp_dtype == torch.bfloat16
+
+
+def test_a_vit_encodes_as_on_the_cpu_and_trains_in_bf16(data_root: Path, tmp_path: Path) -> None:
+    """ViT-S/16 + ICS: the same features on the device as on the CPU (fused attention against the
+    CPU's), and a bf16 training step of a ViT through the trainer."""
+    from spcl.models import build_encoder
+
+    torch.manual_seed(0)
+    encoder = build_encoder("vit_small_ics", pretrained=False, img_size=(256, 128)).eval()
+    images = torch.randn(4, 3, 256, 128, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        on_cpu = encoder(images)
+        on_device = encoder.to(DEVICE)(images.to(DEVICE)).cpu()
+    torch.testing.assert_close(on_device, on_cpu, rtol=1e-4, atol=1e-4)
+    amp = "bf16" if DEVICE.type == "cuda" else "off"
+    config = _config(data_root, tmp_path / "vit", DEVICE, **{
+        "model.arch": "vit_tiny", "runtime.amp": amp, "runtime.channels_last": "auto",
+        "runtime.deterministic": False, "eval.every": 0})
+    trainer = Trainer(config, log=lambda _: None, progress=False)
+    assert not trainer.channels_last  # auto: off for a token backbone
+    assert np.isfinite(trainer.fit()[-1].loss)

@@ -92,6 +92,17 @@ class ModelConfig:
     sync_bn: bool = False
     """With several processes, a BatchNorm group of images_per_bn images may span ranks (their
     statistics are shared across them); off, as in the reference: each rank normalises its own."""
+    input_mean: tuple[float, ...] = ()
+    """Per-channel mean images are normalised with; empty: the architecture's (ImageNet's, or 0.5 for
+    the LUPerson ViTs). Recorded in checkpoints, so extraction and export never repeat it."""
+    input_std: tuple[float, ...] = ()
+    """Per-channel standard deviation, as ``input_mean``."""
+    drop_path: float | None = None
+    """Token backbones (ViTs): stochastic depth of the last block, linear from 0 at the first (None:
+    0.1; the USL recipe of TransReID-SSL uses 0.3)."""
+    grad_checkpointing: bool = False
+    """Token backbones: recompute each block in the backward pass instead of keeping its activations
+    (less memory, about a third more time)."""
 
 
 @dataclass(frozen=True)
@@ -279,6 +290,10 @@ class Config:
             ("model.dropout", m.dropout, 0.0 <= m.dropout < 1.0, "in [0, 1)"),
             ("model.images_per_bn", m.images_per_bn, m.images_per_bn == 0 or m.images_per_bn >= 2,
              "0 (the whole batch) or at least 2 (BatchNorm needs two images)"),
+            ("model.input_mean", list(m.input_mean), len(m.input_mean) in (0, 3), "3 values (R,G,B), or empty"),
+            ("model.input_std", list(m.input_std), len(m.input_std) in (0, 3) and all(v > 0 for v in m.input_std),
+             "3 positive values (R,G,B), or empty"),
+            ("model.drop_path", m.drop_path, m.drop_path is None or 0.0 <= m.drop_path < 1.0, "in [0, 1)"),
             ("memory.kind", mem.kind, bool(mem.kind), "the name of a registered memory (hybrid, cluster, cap, ...)"),
             ("memory.temp", mem.temp, mem.temp is None or mem.temp > 0, "> 0"),
             ("memory.momentum", mem.momentum, mem.momentum is None or 0.0 <= mem.momentum < 1.0, "in [0, 1)"),

@@ -9,11 +9,15 @@ from spcl.models.backbones import (
     Pretrained,
     PretrainedWeightsError,
     available_backbones,
+    backbone_normalization,
     build_backbone,
+    is_token_backbone,
     load_weights_file,
     register_backbone,
+    register_normalization,
     require_backbone,
 )
+from spcl.models import vit as _vit  # noqa: F401  (registers the ViT backbones)
 from spcl.models.checkpoint import (
     CheckpointError,
     build_model,
@@ -44,7 +48,9 @@ __all__ = [
     "SubBatchNorm1d",
     "SubBatchNorm2d",
     "available_backbones",
+    "backbone_normalization",
     "build_backbone",
+    "is_token_backbone",
     "build_encoder",
     "build_model",
     "convert_bn",
@@ -56,6 +62,7 @@ __all__ = [
     "load_weights_file",
     "num_bn_domains",
     "register_backbone",
+    "register_normalization",
     "require_backbone",
     "set_domain",
     "set_images_per_bn",

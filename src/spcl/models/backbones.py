@@ -13,12 +13,13 @@ message that says where we looked and how to supply them.
 
 from __future__ import annotations
 
+import inspect
 import os
 import pickle
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import torch
 import torchvision
@@ -29,30 +30,62 @@ __all__ = [
     "IBN",
     "PretrainedWeightsError",
     "available_backbones",
+    "backbone_normalization",
+    "is_token_backbone",
     "build_backbone",
     "load_weights_file",
     "register_backbone",
+    "register_normalization",
     "require_backbone",
     "resolve_pretrained",
 ]
 
 Pretrained = Union[bool, str, os.PathLike]
-BackboneFactory = Callable[[Pretrained, int], nn.Module]
+BackboneFactory = Callable[..., nn.Module]
 
 BACKBONES: dict[str, BackboneFactory] = {}
-"""Architecture name -> factory ``(pretrained, last_stride) -> nn.Module`` with ``out_channels``."""
+"""Architecture name -> factory ``(pretrained, last_stride, **options) -> nn.Module`` with
+``out_channels``. ``options`` a factory may accept (by keyword): ``img_size`` (H, W) for token
+backbones, ``drop_path``, ``grad_checkpointing``; :func:`build_backbone` passes only those it names."""
+
+NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {}
+"""Architecture name -> the input (mean, std) its weights were trained with, where not ImageNet's."""
+
+IMAGENET_NORMALIZATION = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
-def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
-    """Decorator adding a backbone factory under ``name`` (see ``BACKBONES`` for the contract)."""
+def register_backbone(name: str, *, tokens: bool = False) -> Callable[[BackboneFactory], BackboneFactory]:
+    """Decorator adding a backbone factory under ``name`` (see ``BACKBONES`` for the contract);
+    ``tokens``: a transformer on tokens (its layout and precision choices differ from a CNN's)."""
 
     def decorate(factory: BackboneFactory) -> BackboneFactory:
         if name in BACKBONES:
             raise ValueError(f"backbone {name!r} is already registered")
         BACKBONES[name] = factory
+        if tokens:
+            TOKEN_BACKBONES.add(name)
         return factory
 
     return decorate
+
+
+def register_normalization(name: str, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    """Record the input normalisation a backbone's weights expect (default: ImageNet's)."""
+    NORMALIZATION[name] = (tuple(mean), tuple(std))
+
+
+def backbone_normalization(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) images are normalised with for ``arch``: its registered one, else ImageNet's."""
+    return NORMALIZATION.get(arch, IMAGENET_NORMALIZATION)
+
+
+def is_token_backbone(arch: str) -> bool:
+    """Whether ``arch`` is a token backbone (a ViT): its output is a vector, not a feature map."""
+    return arch in TOKEN_BACKBONES or arch.startswith(("timm:vit", "timm:deit"))
+
+
+TOKEN_BACKBONES: set[str] = set()
+"""Registered architectures that are transformers on tokens (``register_backbone(..., tokens=True)``)."""
 
 
 def available_backbones() -> list[str]:
@@ -69,14 +102,24 @@ def require_backbone(arch: str) -> None:
         )
 
 
-def build_backbone(arch: str, pretrained: Pretrained = False, last_stride: int = 1) -> nn.Module:
-    """Build a registered backbone (or ``timm:<name>``) with the requested weights."""
+def build_backbone(arch: str, pretrained: Pretrained = False, last_stride: int = 1, **options: Any) -> nn.Module:
+    """Build a registered backbone (or ``timm:<name>``) with the requested weights.
+
+    ``options`` (``img_size``, ``drop_path``, ``grad_checkpointing``) go to a factory that names
+    them; one that does not (a ResNet has no token grid) ignores them, except a set value that would
+    change the model (``drop_path`` or ``grad_checkpointing``), which is refused."""
     if last_stride not in (1, 2):
         raise ValueError(f"last_stride must be 1 or 2, got {last_stride}")
     if arch.startswith("timm:"):
         return TimmBackbone(arch[len("timm:") :], pretrained, last_stride)
     require_backbone(arch)
-    backbone = BACKBONES[arch](pretrained, last_stride)
+    factory = BACKBONES[arch]
+    accepted = inspect.signature(factory).parameters
+    given = {k: v for k, v in options.items() if v is not None}
+    refused = [k for k, v in given.items() if k not in accepted and k != "img_size" and v]
+    if refused:
+        raise ValueError(f"{', '.join(refused)} is not a setting of the {arch} backbone (token backbones only)")
+    backbone = factory(pretrained, last_stride, **{k: v for k, v in given.items() if k in accepted})
     if not hasattr(backbone, "out_channels"):
         raise TypeError(f"backbone factory {arch!r} returned a module without .out_channels")
     return backbone

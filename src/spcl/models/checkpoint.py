@@ -17,8 +17,7 @@ import torch
 from torch import nn
 
 from spcl.config import ModelConfig
-from spcl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from spcl.models.backbones import Pretrained
+from spcl.models.backbones import Pretrained, backbone_normalization
 from spcl.models.dsbn import convert_dsbn
 from spcl.models.encoder import build_encoder
 from spcl.models.images_per_bn import set_images_per_bn
@@ -32,6 +31,7 @@ __all__ = [
     "describe_model",
     "load_checkpoint",
     "load_model",
+    "model_normalization",
 ]
 
 FORMAT_VERSION = 2
@@ -100,14 +100,25 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+def model_normalization(model: ModelConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) a run normalises its images with: ``model.input_mean`` / ``input_std``
+    where given, else what the architecture's weights were trained with."""
+    mean, std = backbone_normalization(model.arch)
+    return tuple(model.input_mean) or mean, tuple(model.input_std) or std
+
+
 def describe_model(model: ModelConfig, bn_domains: int, height: int, width: int) -> dict[str, Any]:
     """The description a checkpoint carries of its encoder, from the run's model settings.
 
     ``out_features`` depends on the backbone and is None here; the trainer records it once the
     encoder exists (:func:`build_model` does not need it).
     """
+    mean, std = model_normalization(model)
     return {
         "arch": model.arch,
+        "img_size": [height, width],
+        "drop_path": model.drop_path,
+        "grad_checkpointing": model.grad_checkpointing,
         "features": model.features,
         "out_features": None,
         "pooling": model.pooling,
@@ -118,8 +129,8 @@ def describe_model(model: ModelConfig, bn_domains: int, height: int, width: int)
             "height": height,
             "width": width,
             "interpolation": "bicubic",
-            "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD),
+            "mean": list(mean),
+            "std": list(std),
         },
     }
 
@@ -133,12 +144,16 @@ def build_model(
     ``freeze_dsbn_neck_bias`` matters for training only: False reproduces the reference, where
     converting to DSBN makes the neck's bias trainable (SPEC section 5).
     """
+    prep = description.get("preprocessing", {})
     model = build_encoder(
         description["arch"],
         pretrained=pretrained,
         pooling=description["pooling"],
         features=description["features"],
         dropout=description["dropout"],
+        img_size=tuple(description.get("img_size") or (prep.get("height", 256), prep.get("width", 128))),
+        drop_path=description.get("drop_path"),
+        grad_checkpointing=bool(description.get("grad_checkpointing", False)),
     )
     if description["bn_domains"] > 1:
         convert_dsbn(model, num_domains=description["bn_domains"], keep_requires_grad=freeze_dsbn_neck_bias)

@@ -106,17 +106,24 @@ def build_encoder(
     features: int = 0,
     dropout: float = 0.0,
     norm: bool = True,
+    img_size: tuple[int, int] = (256, 128),
+    drop_path: float | None = None,
+    grad_checkpointing: bool = False,
 ) -> Encoder:
     """Build the SpCL encoder.
 
-    ``arch``: a registered backbone (``spcl.models.available_backbones()``: resnet18/34/50/101,
-    resnet50_ibn_a) or ``"timm:<name>"``. ``pretrained``: True = ImageNet weights from torchvision's
-    cache (an error says how to supply them when absent; nothing is downloaded), a path = that
-    state dict file, False = from scratch. ``features``: 0 keeps the backbone width (2048 for
-    ResNet-50), otherwise a linear embedding to that size. The neck and embedding are always
-    freshly initialised.
+    ``arch``: a registered backbone (``spcl.models.available_backbones()``: resnet10/18/34/50/101,
+    resnet50_ibn_a, vit_small, vit_small_ics, vit_base_ics, vit_tiny) or ``"timm:<name>"``.
+    ``pretrained``: True = ImageNet weights from torchvision's cache (an error says how to supply
+    them when absent; nothing is downloaded), a path = that state dict file (for the ViTs, the
+    released LUPerson file as downloaded), False = from scratch. ``features``: 0 keeps the backbone
+    width (2048 for ResNet-50, 384 for ViT-S), otherwise a linear embedding to that size. The neck and
+    embedding are always freshly initialised. ``img_size`` (H, W), ``drop_path`` and
+    ``grad_checkpointing`` matter only for token backbones (ViTs): their token grid, stochastic
+    depth and activation recomputation.
     """
-    backbone = build_backbone(arch, pretrained, last_stride)
+    backbone = build_backbone(arch, pretrained, last_stride, img_size=tuple(img_size), drop_path=drop_path,
+                              grad_checkpointing=grad_checkpointing)
     return Encoder(
         backbone, pooling=pooling, features=features, dropout=dropout, norm=norm, arch=arch
     )

@@ -48,7 +48,8 @@ from spcl.data.sampler import RandomMultipleGallerySampler
 from spcl.data.transforms import build_test_transform, build_train_transform
 from spcl.evaluation import evaluate_model, extract_features
 from spcl.memory import MemoryData, SlotMemory, memory_class
-from spcl.models import require_backbone, use_domain
+from spcl.models import is_token_backbone, require_backbone, use_domain
+from spcl.models.checkpoint import model_normalization
 from spcl.models.images_per_bn import batchnorm_buffers, set_bn_groups
 from spcl.neighbors.approximate import require_faiss
 from spcl.training.checkpoint import (
@@ -214,7 +215,7 @@ class Trainer:
         c = self.config
         self._check_processes()
         self.amp_dtype = resolve_amp(c.runtime.amp, self.device)
-        self.channels_last = resolve_channels_last(c.runtime.channels_last, self.device)
+        self.channels_last = resolve_channels_last(c.runtime.channels_last, self.device, is_token_backbone(c.model.arch))
         self.workers = resolve_workers(c.data.workers, self.device, self.dist.world_size)
         set_deterministic(c.runtime.deterministic, self.device)
         require_backbone(c.model.arch)  # before minutes of reading or generating data
@@ -251,11 +252,12 @@ class Trainer:
         self._warn_about_data()
         self.num_source_classes = self.source.num_train_pids if self.source is not None else 0
         self.num_target = len(self.target.train) if self.train_target else 0
+        mean, std = model_normalization(c.model)  # the architecture's, unless the config says otherwise
         self.train_transform = build_train_transform(
             c.data.height, c.data.width, flip_p=c.data.flip_p, padding=c.data.padding, erasing_p=c.data.erasing_p,
-            padding_mode=c.data.padding_mode, padding_fill=c.data.padding_fill,
+            padding_mode=c.data.padding_mode, padding_fill=c.data.padding_fill, mean=mean, std=std,
         )
-        self.test_transform = build_test_transform(c.data.height, c.data.width)
+        self.test_transform = build_test_transform(c.data.height, c.data.width, mean, std)
         # hashed once: every checkpoint stores them, and a resume compares them
         self.fingerprints = {
             "source": self.source.fingerprint() if self.source is not None else "",

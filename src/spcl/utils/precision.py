@@ -37,10 +37,12 @@ def resolve_amp(setting: str, device: torch.device) -> torch.dtype | None:
     raise ValueError(f"runtime.amp must be auto, off, bf16 or fp16, got {setting!r}")
 
 
-def resolve_channels_last(setting: str, device: torch.device) -> bool:
-    """Whether convolutions run channels-last: "auto" is on with CUDA (tensor cores want NHWC)."""
+def resolve_channels_last(setting: str, device: torch.device, token_backbone: bool = False) -> bool:
+    """Whether convolutions run channels-last: "auto" is on with CUDA (tensor cores want NHWC), except
+    for a token backbone (a ViT), whose work is matrix products on tokens: the layout would change a
+    stem convolution or two and cost a copy of every input."""
     if setting == "auto":
-        return device.type == "cuda"
+        return device.type == "cuda" and not token_backbone
     return setting == "on"
 
 
