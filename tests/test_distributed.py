@@ -181,6 +181,8 @@ def _assert_ranks_agree(ranks: list[dict[str, Any]]) -> None:
     ("uda", {"memory.kind": "o2cap", "memory.negatives": 5, "optim.epochs": 1}),
     ("usl", {"memory.kind": "cap", "memory.inter_camera_from": 0,
              "memory.negatives": 5, "model.images_per_bn": 8, "optim.epochs": 1}),
+    # a token backbone (no stochastic depth: each rank would draw its own slice's masks)
+    ("usl", {"model.arch": "vit_tiny", "model.drop_path": 0.0, "model.images_per_bn": 8, "optim.epochs": 1}),
 ])
 def test_two_processes_compute_what_one_computes(data_root: Path, tmp_path: Path, mode: str, extra: dict) -> None:
     single = _run_one(_config(data_root, tmp_path / "one", mode, **extra))

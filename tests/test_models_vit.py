@@ -257,3 +257,23 @@ def test_the_config_chooses_the_normalisation(data_root: Path, tmp_path: Path) -
     assert described["img_size"] == [256, 128]
     with pytest.raises(ConfigError, match="model.input_std"):
         load_config(overrides={"mode": "usl", "model.input_std": "0.2,0,0.2"})
+
+
+def test_images_per_bn_and_dsbn_reach_the_stem_and_the_neck(tmp_path: Path) -> None:
+    """The BatchNorms of a ViT + ICS (the stem's IBN halves, its third BN, the neck) normalise
+    sub-batches and split by domain as a ResNet's do; the released weights survive the conversion."""
+    from spcl.models import DomainSpecificBatchNorm, SubBatchNorm1d, SubBatchNorm2d, build_model
+
+    torch.save(released_weights(384, True), tmp_path / "ics.pth")
+    description = {"arch": "vit_small_ics", "features": 0, "pooling": "avg", "dropout": 0.0, "bn_domains": 2,
+                   "images_per_bn": 4, "img_size": [64, 32], "preprocessing": {"height": 64, "width": 32}}
+    model = build_model(description, pretrained=str(tmp_path / "ics.pth"))
+    stem = model.backbone.patch_embed.conv
+    assert isinstance(stem[1].BN, DomainSpecificBatchNorm) and isinstance(stem[7], DomainSpecificBatchNorm)
+    subs = [m for m in model.modules() if isinstance(m, (SubBatchNorm1d, SubBatchNorm2d))]
+    assert len(subs) == 2 * 4 and all(m.images_per_bn == 4 for m in subs)  # 3 stem BNs + neck, 2 domains
+    reference = released_weights(384, True)["patch_embed.conv.7.running_var"]
+    for branch in stem[7].branches:
+        torch.testing.assert_close(branch.running_var, reference, atol=0, rtol=0)
+    model.train()
+    assert model(torch.randn(8, 3, 64, 32)).shape == (8, 384)
