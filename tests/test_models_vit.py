@@ -277,3 +277,18 @@ def test_images_per_bn_and_dsbn_reach_the_stem_and_the_neck(tmp_path: Path) -> N
         torch.testing.assert_close(branch.running_var, reference, atol=0, rtol=0)
     model.train()
     assert model(torch.randn(8, 3, 64, 32)).shape == (8, 384)
+
+
+def test_the_demo_settings_train_a_tiny_vit_from_the_command_line(data_root: Path, tmp_path: Path) -> None:
+    """``spcl train usl --config demo --arch vit_tiny``: the demo's recipe with a ViT from scratch
+    (64 x 32 images: 8 tokens), here on the tests' small domains and for a few steps."""
+    from spcl.cli import main
+    from spcl.models import load_checkpoint
+
+    out = tmp_path / "demo-vit"
+    assert main(["train", "usl", "--config", "demo", "--arch", "vit_tiny", "--target", str(data_root / "tgt"),
+                 "--epochs", "1", "--iters", "2", "--batch-size", "16", "--images-per-bn", "0",
+                 "--eval-every", "1", "--device", "cpu", "--output", str(out), "--pseudo.min_samples", "2"]) == 0
+    state = load_checkpoint(out / "last.pth")
+    assert state["model"]["arch"] == "vit_tiny" and state["model"]["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+    assert (out / "eval-epoch1" / "per_query.csv").is_file()
