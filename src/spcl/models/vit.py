@@ -216,7 +216,7 @@ def released_state(state: dict) -> dict[str, torch.Tensor]:
     state dict, or one inside a ``teacher`` (DINO: only its ``backbone.`` keys), ``model`` or
     ``state_dict`` entry, with ``module.``, ``backbone.`` or ``base.`` prefixes; heads, classifiers
     and re-ID necks (``head``, ``fc.``, ``classifier``, ``bottleneck``, ``dist``, ``pre_logits``)
-    are left out. A patch projection saved flat (old files) is reshaped by the caller's shapes."""
+    are left out."""
     for key in ("teacher", "model", "state_dict"):
         if isinstance(state.get(key), dict):
             inner = state[key]
