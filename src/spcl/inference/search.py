@@ -119,6 +119,7 @@ class GalleryIndex:
         self.kind = kind
         self.index: Any = None
         self.notes: list[str] = []
+        self._norms: np.ndarray | None = None  # of the gallery rows, computed at the first search
         if kind == "flat":
             self.index = faiss.IndexFlatIP(self.features.shape[1])
             self.index.add(self._unit(self.features))
@@ -199,7 +200,7 @@ class GalleryIndex:
         _, index = self.index.search(unit_queries, min(k, len(self)))
         index = np.where((index >= 0) & (index < len(self)), index, -1).astype(np.int64)
         # the index proposes candidates; their distances are computed on the current features
-        if getattr(self, "_norms", None) is None:
+        if self._norms is None:
             self._norms = np.maximum(np.linalg.norm(self.features, axis=1), 1e-12)
         norms = self._norms
         distances = np.empty(index.shape, dtype=np.float64)

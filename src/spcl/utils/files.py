@@ -76,7 +76,7 @@ def check_output(
     raw = os.fspath(path)
     path = Path(path)
     if not path.name or path.is_dir() or raw.endswith(("/", os.sep)):
-        raise OutputError(f"{what} {path} is a folder: give the file to write (e.g. {path / ('out' + (path.suffix or '.npz'))})")
+        raise OutputError(f"{what} {path} is a folder: give the file to write, e.g. {path / '<name>'}")
     for source in inputs:
         if source is not None and _same_file(path, Path(source)):
             raise OutputError(
@@ -104,9 +104,8 @@ def check_space(path: str | Path, size: int, what: str = "output") -> None:
     """Refuse an output of ``size`` bytes where the disk holding ``path`` has less free space."""
     path = Path(path)
     folder = _existing_parent(path)
-    free = shutil.disk_usage(folder).free
-    have = path.stat().st_size if path.is_file() else 0  # replaced: its space comes back after the rename
-    if size + _SPARE_BYTES > free + have:
+    free = shutil.disk_usage(folder).free  # an earlier file of that name stays until the new one is complete
+    if size + _SPARE_BYTES > free:
         raise OutputError(
             errno.ENOSPC,
             f"no space left on device for {what} {path}: it needs about {_size(size)}, the disk of {folder} has "
