@@ -303,12 +303,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from spcl.inference.export import export_onnx, require_export_packages
-    from spcl.utils.files import check_output
+    from spcl.inference.export import export_onnx
     from spcl.utils.optional import optional
 
-    check_output(args.out, inputs=[args.checkpoint], what="the ONNX model")
-    require_export_packages()
+    # export_onnx checks its output and its packages before loading the model
     if not args.no_check and optional("onnxruntime") is None:
         print("note: onnxruntime is not installed, so the exported model is not compared with PyTorch "
               "(pip install onnxruntime)", file=sys.stderr)

@@ -65,7 +65,12 @@ class FeatureSet:
 
     def nbytes(self) -> int:
         """About the size of its file: the features and the paths."""
-        return int(self.features.nbytes) + sum(len(p) * 4 + 16 for p in self.images.paths)
+        return int(self.features.nbytes) + _paths_bytes(self.images.paths)
+
+
+def _paths_bytes(paths: list[str]) -> int:
+    """About the bytes the paths take in a feature file (numpy stores them as UTF-32)."""
+    return sum(len(p) * 4 + 16 for p in paths)
 
 
 def load_features(path: str | Path) -> FeatureSet:
@@ -178,7 +183,7 @@ def extract_to_file(
     # the chunks still to write and the assembled file, which exist together until the chunks go
     row_bytes = extractor.feature_dim * 4
     left = max(0, len(images) - done * chunk) * row_bytes
-    check_space(out, left + len(images) * row_bytes + sum(len(p) * 4 + 16 for p in images.paths), "the feature file")
+    check_space(out, left + len(images) * row_bytes + _paths_bytes(images.paths), "the feature file")
     start = done * chunk
     pending: list[torch.Tensor] = []
     count = 0

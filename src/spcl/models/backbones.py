@@ -159,9 +159,10 @@ def resolve_pretrained(arch: str, pretrained: Pretrained, filename: str, url: st
     return path
 
 
-def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def load_weights_file(path: str | os.PathLike, *, unwrap: bool = True) -> dict[str, torch.Tensor]:
     """Read a state dict saved by torch (``weights_only=True``); unwraps ``{"state_dict": ...}`` /
-    ``{"model": ...}`` and a DataParallel ``module.`` prefix, as released re-ID weights come."""
+    ``{"model": ...}`` and a DataParallel ``module.`` prefix, as released re-ID weights come
+    (``unwrap=False``: the file's dict as saved, for readers of other wrappers)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -169,6 +170,10 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"{path} is not a plain state dict (it holds pickled objects, refused with "
             "weights_only=True): save model.state_dict() instead"
         ) from err
+    if not isinstance(state, dict):
+        raise PretrainedWeightsError(f"{path} is not a state dict (found {type(state).__name__})")
+    if not unwrap:
+        return state
     for key in ("state_dict", "model"):
         if isinstance(state.get(key), dict):
             state = state[key]

@@ -188,7 +188,7 @@ class VisionTransformer(nn.Module):
 
     def load_released(self, path: str | Path, arch: str) -> None:
         """Load a released weights file (SPEC section 14.2) strictly; see :func:`released_state`."""
-        state = released_state(load_weights_file_any(path))
+        state = released_state(load_weights_file(path, unwrap=False))
         if "pos_embed" in state and state["pos_embed"].shape != self.pos_embed.shape:
             state["pos_embed"] = resize_pos_embed(state["pos_embed"], self.grid)
         own = self.state_dict()
@@ -198,17 +198,6 @@ class VisionTransformer(nn.Module):
         if missing or unexpected or shapes:
             raise PretrainedWeightsError(_mismatch(path, arch, state, missing, unexpected, shapes, own))
         self.load_state_dict(state, strict=True)
-
-
-def load_weights_file_any(path: str | Path) -> dict[str, torch.Tensor]:
-    """A weights file as saved (wrappers kept: :func:`released_state` unwraps them)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001  (pickled objects, or not a torch file: the common reader says which)
-        return load_weights_file(path)
-    if not isinstance(state, dict):
-        raise PretrainedWeightsError(f"{path} is not a state dict (found {type(state).__name__})")
-    return state
 
 
 def released_state(state: dict) -> dict[str, torch.Tensor]:
