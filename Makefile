@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-# The optional packages the tests exercise (faiss search, ONNX export and its onnxruntime check).
+# The optional packages the tests exercise (faiss search, ONNX export and its onnxruntime check, h5py for CUHK03).
 $(TEST_STAMP): $(STAMP) requirements-test.txt
 	$(PY) -m pip install --quiet -r requirements-test.txt
 	touch $(TEST_STAMP)

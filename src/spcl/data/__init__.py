@@ -11,7 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from spcl.data import cuhk03 as _cuhk03  # noqa: F401  (registers CUHK03)
 from spcl.data import datasets as _datasets  # noqa: F401  (registers the built-in readers)
+from spcl.data import small_sets as _small_sets  # noqa: F401  (registers CUHK01/02, VIPeR, GRID, PRID, iLIDS)
 from spcl.data.base import (
     Dataset,
     DatasetError,

@@ -178,6 +178,23 @@ def detect_layouts(folder: Path) -> list[str]:
     return [name for name, entry in _REGISTRY.items() if entry.detect is not None and entry.detect(folder)]
 
 
+def locate_folder(root: Path, folder: str, markers: Sequence[str], aliases: Sequence[str] = ()) -> Path:
+    """Find the dataset folder whether ``root`` is the folder itself, its parent, or ``root/<alias>/``.
+
+    The reference code and torchreid nest datasets differently (``data/market1501/Market-1501-v15.09.15``
+    vs ``data/Market-1501-v15.09.15``); accepting both saves users from moving gigabytes around.
+    """
+    candidates = [root, root / folder] + [root / a / folder for a in aliases] + [root / a for a in aliases]
+    for cand in candidates:
+        if all((cand / m).exists() for m in markers):
+            return cand
+    looked = ", ".join(str(c) for c in dict.fromkeys(candidates))
+    raise DatasetError(
+        f"expected a folder {folder!r} containing {', '.join(markers)}; looked in: {looked}. "
+        f"Pass the folder that contains {folder!r} as the data root."
+    )
+
+
 def list_images(folder: Path, skipped: list[str] | None = None) -> list[Path]:
     """All image files under ``folder`` (recursively), sorted. Other files are appended to
     ``skipped``, except those that are never data (hidden files, Thumbs.db, desktop.ini)."""

@@ -21,6 +21,7 @@ from spcl.data.base import (
     DatasetError,
     Item,
     list_images,
+    locate_folder,
     note_skipped,
     read_csv_rows,
     register_dataset,
@@ -30,23 +31,6 @@ from spcl.data.base import (
 from spcl.data.vehicleid import VEHICLEID_TEST_SIZES, vehicleid_gallery_split
 
 _PID_CAM = re.compile(r"^([-\d]+)_c(\d+)")
-
-
-def _locate(root: Path, folder: str, markers: Sequence[str], aliases: Sequence[str] = ()) -> Path:
-    """Find the dataset folder whether ``root`` is the folder itself, its parent, or ``root/<alias>/``.
-
-    The reference code and torchreid nest datasets differently (``data/market1501/Market-1501-v15.09.15``
-    vs ``data/Market-1501-v15.09.15``); accepting both saves users from moving gigabytes around.
-    """
-    candidates = [root, root / folder] + [root / a / folder for a in aliases] + [root / a for a in aliases]
-    for cand in candidates:
-        if all((cand / m).exists() for m in markers):
-            return cand
-    looked = ", ".join(str(c) for c in dict.fromkeys(candidates))
-    raise DatasetError(
-        f"expected a folder {folder!r} containing {', '.join(markers)}; looked in: {looked}. "
-        f"Pass the folder that contains {folder!r} as the data root."
-    )
 
 
 def _parse_market_dir(
@@ -100,7 +84,7 @@ def _has_dirs(*names: str) -> Callable[[Path], bool]:
 
 @register_dataset("market1501", description="Market-1501 (Market-1501-v15.09.15/)")
 def read_market1501(root: Path) -> Dataset:
-    base = _locate(root, "Market-1501-v15.09.15", _MARKET_DIRS, aliases=("market1501",))
+    base = locate_folder(root, "Market-1501-v15.09.15", _MARKET_DIRS, aliases=("market1501",))
     return _market_style("market1501", base, _MARKET_DIRS)
 
 
@@ -110,7 +94,7 @@ def read_dukemtmc(root: Path) -> Dataset:
         "DukeMTMC-reID was withdrawn by its authors; results on it are reported for comparison only.",
         stacklevel=2,
     )
-    base = _locate(root, "DukeMTMC-reID", _MARKET_DIRS, aliases=("dukemtmc", "dukemtmcreid"))
+    base = locate_folder(root, "DukeMTMC-reID", _MARKET_DIRS, aliases=("dukemtmc", "dukemtmcreid"))
     return _market_style("dukemtmc", base, _MARKET_DIRS)
 
 
@@ -125,7 +109,7 @@ def _personx_cam(cam: int, path: Path) -> int:
 
 @register_dataset("personx", description="PersonX (synthetic; cameras c3, c4, c8, c10, c11, c12)")
 def read_personx(root: Path) -> Dataset:
-    base = _locate(root, "PersonX", _MARKET_DIRS, aliases=("personx",))
+    base = locate_folder(root, "PersonX", _MARKET_DIRS, aliases=("personx",))
     return _market_style("personx", base, _MARKET_DIRS, _personx_cam)
 
 
@@ -134,13 +118,13 @@ _VERI_DIRS = ("image_train", "image_query", "image_test")
 
 @register_dataset("veri", detect=_has_dirs(*_VERI_DIRS), description="VeRi-776 (VeRi/image_{train,query,test})")
 def read_veri(root: Path) -> Dataset:
-    base = _locate(root, "VeRi", _VERI_DIRS, aliases=("veri",))
+    base = locate_folder(root, "VeRi", _VERI_DIRS, aliases=("veri",))
     return _market_style("veri", base, _VERI_DIRS)
 
 
 @register_dataset("vehiclex", description="VehicleX (AIC20_ReID_Simulation/image_train; training only)")
 def read_vehiclex(root: Path) -> Dataset:
-    base = _locate(root, "AIC20_ReID_Simulation", ("image_train",), aliases=("vehiclex",))
+    base = locate_folder(root, "AIC20_ReID_Simulation", ("image_train",), aliases=("vehiclex",))
     skipped: list[str] = []
     train = relabel_train(_parse_market_dir(base / "image_train", lambda cam, path: cam - 6, skipped))
     if not train:
@@ -185,7 +169,7 @@ def _msmt_items(image_dir: Path, rows: list[tuple[str, int]], list_path: Path) -
 def read_msmt17(root: Path) -> Dataset:
     for folder, dirs in (("MSMT17_V1", ("train", "test")), ("MSMT17_V2", ("mask_train_v2", "mask_test_v2"))):
         try:
-            base = _locate(root, folder, (*dirs, "list_train.txt"), aliases=("msmt17",))
+            base = locate_folder(root, folder, (*dirs, "list_train.txt"), aliases=("msmt17",))
         except DatasetError:
             continue
         train_dir, test_dir = base / dirs[0], base / dirs[1]
@@ -214,7 +198,7 @@ def read_vehicleid(root: Path, test_size: int = 800, draw: int = 0) -> Dataset:
     """
     if test_size not in VEHICLEID_TEST_SIZES:
         raise DatasetError(f"vehicleid: test_size must be one of {VEHICLEID_TEST_SIZES}, got {test_size}")
-    base = _locate(root, "VehicleID", ("image", "train_test_split"), aliases=("vehicleid", "VehicleID_V1.0"))
+    base = locate_folder(root, "VehicleID", ("image", "train_test_split"), aliases=("vehicleid", "VehicleID_V1.0"))
     split_dir = base / "train_test_split"
     train_rows = _read_list(split_dir / "train_list.txt", "vehicleid")
     test_rows = _read_list(split_dir / f"test_list_{test_size}.txt", "vehicleid")

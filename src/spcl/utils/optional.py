@@ -1,8 +1,8 @@
-"""Optional packages (faiss, onnx, onnxscript, onnxruntime): imported in one place, with one way of
+"""Optional packages (faiss, onnx, onnxscript, onnxruntime, h5py): imported in one place, with one way of
 saying how to install them, and checked when a command starts rather than after its work.
 
 faiss serves the approximate pseudo-label search, the faiss kNN backend and large gallery indexes;
-onnx and onnxscript the ONNX export, onnxruntime its check. Everything else works without them.
+onnx and onnxscript the ONNX export, onnxruntime its check, h5py CUHK03's MATLAB v7.3 file. Everything else works without them.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ INSTALL = {
     "onnx": "pip install 'spcl[onnx]'",
     "onnxscript": "pip install 'spcl[onnx]'",
     "onnxruntime": "pip install onnxruntime, or pip install 'spcl[onnx]'",
+    "h5py": "pip install h5py, or pip install 'spcl[cuhk03]'",
 }
 
 
