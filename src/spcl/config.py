@@ -33,7 +33,10 @@ _LARGE_TARGETS = ("msmt17", "veri", "vehicleid", "vehiclex")
 @dataclass(frozen=True)
 class DataConfig:
     source: str | None = None
-    """Labelled source dataset (name or path); required for uda and source-only."""
+    """Labelled source dataset (name or path); required for uda and source-only. Several sources are
+    separated by commas (``market1501,cuhk03,msmt17``; a list in YAML): their classes are
+    concatenated, each source's identities kept apart, and the method sees one source with more
+    classes."""
     target: str = "synth-target"
     """Unlabelled target dataset (name or path): trained on without labels, and evaluated on."""
     root: str = "data"
@@ -60,6 +63,13 @@ class DataConfig:
     erasing_p: float = 0.5
     """Probability of random erasing (SPEC section 7)."""
     vehicleid_test_size: int = 800
+    split: int = 0
+    """Which split of a dataset with several (CUHK03's classic protocol 0..19; CUHK01, VIPeR, GRID,
+    PRID, iLIDS 0..9) the run's datasets use."""
+    cuhk03_protocol: Literal["new", "classic"] = "new"
+    """CUHK03: the new protocol (767 / 700 persons) or the classic one (20 splits of 100 test persons)."""
+    cuhk03_boxes: Literal["detected", "labeled"] = "detected"
+    """CUHK03: the detector's boxes or the hand-drawn ones."""
     synth_seed: int = 0
     skip_bad_images: bool = False
     """Decode every image before training and leave out (and list) those that fail; by default the
@@ -87,6 +97,9 @@ class ModelConfig:
     """Domain-specific BatchNorm in UDA (SPEC section 5); ignored without a source."""
     images_per_bn: int = 16
     """Every BatchNorm normalises sub-batches of this many images (16 = the reference's 4 GPUs)."""
+    dsbn_per_source: bool = False
+    """With several sources and DSBN: one BatchNorm branch per source (each source then brings a full
+    batch of ``optim.batch_size`` images to every step), instead of one branch that all sources share."""
     freeze_dsbn_neck_bias: bool = False
     """The reference un-freezes the neck bias when converting to DSBN; True keeps it frozen."""
     sync_bn: bool = False
@@ -255,6 +268,9 @@ class Config:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.mode in ("uda", "source-only") and not self.data.source:
             raise ConfigError(f"mode {self.mode!r} needs a labelled source dataset (data.source / --source)")
+        names = self.source_names
+        if self.data.source and (not names or len(set(names)) < len(names)):
+            raise ConfigError(f"data.source must name each source once, separated by commas, got {self.data.source!r}")
         for key, value, valid, expected in self._ranges():
             if not valid:
                 raise ConfigError(f"{key} must be {expected}, got {value!r}")
@@ -286,6 +302,7 @@ class Config:
             ("data.erasing_p", d.erasing_p, 0.0 <= d.erasing_p <= 1.0, probability),
             ("data.vehicleid_test_size", d.vehicleid_test_size, d.vehicleid_test_size in (800, 1600, 2400),
              "800, 1600 or 2400"),
+            ("data.split", d.split, d.split >= 0, ">= 0 (a dataset's split index)"),
             ("model.features", m.features, m.features >= 0, ">= 0 (0: the backbone's width)"),
             ("model.dropout", m.dropout, 0.0 <= m.dropout < 1.0, "in [0, 1)"),
             ("model.images_per_bn", m.images_per_bn, m.images_per_bn == 0 or m.images_per_bn >= 2,
@@ -334,6 +351,21 @@ class Config:
             ("runtime.timeout_minutes", self.runtime.timeout_minutes, self.runtime.timeout_minutes > 0, "> 0"),
             ("checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 0, ">= 0 (0: at epoch ends only)"),
         ]
+
+    @property
+    def source_names(self) -> tuple[str, ...]:
+        """The labelled sources ``data.source`` names, in order (empty without a source)."""
+        if not self.data.source:
+            return ()
+        return tuple(name.strip() for name in self.data.source.split(",") if name.strip())
+
+    @property
+    def bn_domains(self) -> int:
+        """BatchNorm branches of the encoder: sources (one shared or one each) and the target in UDA
+        with DSBN, else one."""
+        if self.mode != "uda" or not self.model.dsbn:
+            return 1
+        return len(self.source_names) + 1 if self.model.dsbn_per_source else 2
 
     @property
     def uses_source(self) -> bool:
@@ -387,6 +419,10 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+_LIST_FIELDS = {"data.source"}
+"""Text fields that may be given as a YAML list (stored comma-separated, as the command line writes them)."""
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Turn a YAML or command-line value into the field's type, with an error that names the key."""
     origin = typing.get_origin(annotation)
@@ -418,6 +454,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
             return False
         raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if key in _LIST_FIELDS and isinstance(value, (list, tuple)):
+        if not value or not all(isinstance(v, str) and v.strip() and "," not in v for v in value):
+            raise ConfigError(f"{key} must be a dataset name or path, or a list of them, got {value!r}")
+        return ",".join(v.strip() for v in value)
     if annotation in (int, float, str):
         try:
             if isinstance(value, (dict, list, tuple, set)) or value is None:

@@ -19,6 +19,7 @@ from spcl.data.base import (
     DatasetError,
     Item,
     camera_codes,
+    combine_sources,
     detect_layouts,
     get_reader,
     register_dataset,
@@ -33,6 +34,8 @@ __all__ = [
     "ImageDataset",
     "Item",
     "camera_codes",
+    "combine_sources",
+    "dataset_options",
     "load",
     "read_image",
     "register_dataset",
@@ -53,6 +56,17 @@ def _check_options(name: str, reader: Callable[..., Dataset], options: dict[str,
     if unknown:
         takes = f"its options are {', '.join(accepted)}" if accepted else "it takes no options"
         raise DatasetError(f"option {', '.join(unknown)} does not apply to the dataset {name} ({takes})")
+
+
+def dataset_options(name: str) -> set[str]:
+    """The options the reader registered as ``name`` takes by name (``split``, ``protocol``, ...);
+    empty for a path or an unknown name. A caller with settings for many datasets passes each reader
+    only its own."""
+    entry = get_reader(str(name))
+    if entry is None:
+        return set()
+    parameters = list(inspect.signature(entry.reader).parameters.values())[1:]
+    return {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def _read_as(name: str, path: Path, options: dict[str, Any]) -> Dataset:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,9 @@ class Dataset:
     skipped: list[str] = field(default_factory=list)
     """Files found in the dataset's folders that are not read (not an image ending, or an image that
     cannot be decoded when bad images are skipped): listed, never dropped silently."""
+    parts: list[tuple[str, int]] = field(default_factory=list)
+    """For several sources combined into one (:func:`combine_sources`): each source's name and its
+    number of training images, in the order the training list holds them. Empty otherwise."""
 
     @property
     def num_train_pids(self) -> int:
@@ -131,6 +135,48 @@ def relabel_train(items: Iterable[Item]) -> list[Item]:
     pids = sorted({pid for _, pid, _ in items if pid >= 0})
     mapping = {pid: i for i, pid in enumerate(pids)}
     return [(path, mapping[pid] if pid >= 0 else -1, cam) for path, pid, cam in items]
+
+
+def combine_sources(datasets: Sequence[Dataset]) -> Dataset:
+    """Several labelled datasets as one source with more classes.
+
+    Each dataset's training identities follow the previous ones' (0..n1-1, then n1..n1+n2-1, ...),
+    so two sources never share a class even when their numbers coincide; cameras and test
+    identities are shifted the same way. The training lists are concatenated in the given order
+    (each stays sorted by path), and ``parts`` records where each one lies, so a trainer can give
+    each source its own batches and BatchNorm. One dataset is returned as it is.
+    """
+    if not datasets:
+        raise ValueError("combine_sources needs at least one dataset")
+    if len(datasets) == 1:
+        return datasets[0]
+    names = [d.name for d in datasets]
+    if len(set(names)) < len(names):
+        raise DatasetError(f"the sources {', '.join(names)} name one dataset twice")
+    combined = Dataset(name="+".join(names), root="", train=[], skipped=[])
+    pid_base = test_base = cam_base = 0
+    for data in datasets:
+        items = data.train + data.query + data.gallery + data.test
+        cams = [cam for _, _, cam in items if cam is not None]
+        test_ids = [pid for _, pid, _ in data.query + data.gallery + data.test if pid >= 0]
+
+        def shift(item: Item, pid_offset: int) -> Item:
+            path, pid, cam = item
+            return path, pid + pid_offset if pid >= 0 else -1, None if cam is None else cam + cam_base
+
+        combined.train += [shift(it, pid_base) for it in data.train]
+        for split in ("query", "gallery", "test"):
+            getattr(combined, split).extend(shift(it, test_base) for it in getattr(data, split))
+        combined.skipped += data.skipped
+        combined.parts.append((data.name, len(data.train)))
+        pid_base += data.num_train_pids
+        test_base += max(test_ids, default=-1) + 1
+        cam_base += max(cams, default=-1) + 1
+    try:
+        combined.root = os.path.commonpath([d.root for d in datasets])
+    except ValueError:  # roots on different drives
+        combined.root = datasets[0].root
+    return combined
 
 
 Reader = Callable[..., Dataset]

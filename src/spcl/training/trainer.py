@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from spcl.config import Config
-from spcl.data import Dataset, Item, load
+from spcl.data import Dataset, Item, combine_sources, dataset_options, load
 from spcl.data.image_dataset import AugmentedImages, without_unreadable
 from spcl.data.loader import TrainLoader
 from spcl.data.sampler import RandomMultipleGallerySampler
@@ -82,7 +82,8 @@ __all__ = ["RESUMABLE_CHANGES", "EpochInProgress", "RunProgress", "Trainer", "Tr
 
 RESUMABLE_CHANGES = (
     "optim.epochs", "eval.every", "eval.rerank", "eval.batch_size", "data.workers", "data.cache_images",
-    "data.root", "data.source", "data.target", "data.vehicleid_test_size", "device", "output", "resume",
+    "data.root", "data.source", "data.target", "data.vehicleid_test_size", "data.split", "data.cuhk03_protocol",
+    "data.cuhk03_boxes", "device", "output", "resume",
     "checkpoint_every", "data.prefetch", "data.persistent_workers", "runtime.amp", "runtime.channels_last",
     "runtime.deterministic", "runtime.backend", "runtime.timeout_minutes",
 )
@@ -242,13 +243,16 @@ class Trainer:
         c = self.config
         torch.manual_seed(derive_seed(c.seed, RngStream.MODEL_INIT))
         with self.dist.main_first():  # rank 0 generates a missing synthetic domain, the others read it
-            self.source: Dataset | None = self._load(c.data.source) if c.uses_source else None
+            self.sources: list[Dataset] = [self._load(name) for name in c.source_names] if c.uses_source else []
             self.target: Dataset = self._load(c.data.target)
+        # several sources are one source with more classes (each source's identities kept apart)
+        self.source: Dataset | None = combine_sources(self.sources) if self.sources else None
         self.train_target = c.mode in ("uda", "usl", "oracle")
         if self.train_target and not self.target.train:
             raise ValueError(f"target {self.target.name} has no training images")
-        if self.source is not None and self.source.num_train_pids == 0:
-            raise ValueError(f"source {self.source.name} has no labelled training images")
+        for source in self.sources:
+            if source.num_train_pids == 0:
+                raise ValueError(f"source {source.name} has no labelled training images")
         self._warn_about_data()
         self.num_source_classes = self.source.num_train_pids if self.source is not None else 0
         self.num_target = len(self.target.train) if self.train_target else 0
@@ -269,8 +273,7 @@ class Trainer:
         the encoder, wrapped in DistributedDataParallel with several processes)."""
         c = self.config
         pretrained: bool | str = {"imagenet": True, "none": False}.get(c.model.pretrained, c.model.pretrained)
-        bn_domains = 2 if c.mode == "uda" and c.model.dsbn else 1
-        description = describe_model(c.model, bn_domains, c.data.height, c.data.width)
+        description = describe_model(c.model, c.bn_domains, c.data.height, c.data.width)
         start = self._starting_encoder(description) if c.model.init_from else None
         self.model = build_model(description, pretrained if start is None else False,
                                  freeze_dsbn_neck_bias=c.model.freeze_dsbn_neck_bias)
@@ -394,10 +397,11 @@ class Trainer:
 
     def _load(self, name: str | None) -> Dataset:
         assert name is not None
-        options: dict[str, Any] = {"test_size": self.config.data.vehicleid_test_size} if name == "vehicleid" else {}
-        if name.startswith("synth-"):
-            options["seed"] = self.config.data.synth_seed
-        dataset = load(name, self.config.data.root, **options)
+        d = self.config.data
+        settings = {"test_size": d.vehicleid_test_size, "seed": d.synth_seed, "split": d.split,
+                    "protocol": d.cuhk03_protocol, "boxes": d.cuhk03_boxes}
+        accepted = dataset_options(name)  # a registered reader takes the settings that apply to it
+        dataset = load(name, d.root, **{key: value for key, value in settings.items() if key in accepted})
         if self.config.data.skip_bad_images:
             dataset = without_unreadable(dataset, self.progress)
         if dataset.skipped:
@@ -463,12 +467,27 @@ class Trainer:
 
     def _init_memory(self) -> None:
         if self.source is not None:
-            features = self._extract(self.source.train, 0, "source features")
+            # each source through its own BN branch when it has one, else all through branch 0
+            features = torch.cat([
+                self._extract(items, domain, "source features") for domain, items in self._source_parts()
+            ])
             self.memory.init_source(features, [p for _, p, _ in self.source.train])
         fault_point("init_memory")
         if self.train_target:
             self.memory.initial_target(self._extract_target)  # SpCL's instances; others fill theirs each epoch
         self.run.memory_ready = True
+
+    def _source_parts(self) -> list[tuple[int, list[Item]]]:
+        """(BN branch, training items) of each source stream: one per source with ``dsbn_per_source``
+        (branches 0..S-1), else the combined source in branch 0."""
+        assert self.source is not None
+        if self.config.bn_domains <= 2 or not self.source.parts:
+            return [(0, self.source.train)]
+        parts, start = [], 0
+        for domain, (_, count) in enumerate(self.source.parts):
+            parts.append((domain, self.source.train[start:start + count]))
+            start += count
+        return parts
 
     def _extract_target(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The target training features under the current encoder (evaluation mode, target BNs)."""
@@ -552,7 +571,8 @@ class Trainer:
             batch_images, batch_pids, batch_index = loader.next()
             images.append(batch_images)
             # a source sample's slot is its class centroid, a target sample's what the method gives it
-            slots.append(self.memory.source_slots(batch_pids) if domain == "source" else self.memory.target_slots(batch_index))
+            slots.append(self.memory.source_slots(batch_pids) if domain.startswith("source")
+                         else self.memory.target_slots(batch_index))
         batch = torch.cat(images).to(self.device, non_blocking=True)
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
@@ -598,8 +618,11 @@ class Trainer:
         resumed run had left it."""
         loaders = {}
         if self.source is not None:
-            source_pids = np.array([p for _, p, _ in self.source.train])
-            loaders["source"] = self._loader("source", self.source.train, source_pids, RngStream.SOURCE_SAMPLER)
+            parts = self._source_parts()
+            for domain, items in parts:  # "source", or "source0", "source1", ... with a BN branch each
+                name = "source" if len(parts) == 1 else f"source{domain}"
+                pids = np.array([p for _, p, _ in items])
+                loaders[name] = self._loader(name, items, pids, RngStream.SOURCE_SAMPLER, domain if len(parts) > 1 else None)
         if self.train_target:
             sampled = self.memory.sampling_labels.cpu().numpy()  # what the method draws: clusters, proxies, ...
             loaders["target"] = self._loader("target", self.target.train, sampled, RngStream.TARGET_SAMPLER)
@@ -608,13 +631,17 @@ class Trainer:
         self.run.resume_loaders = {}
         return loaders
 
-    def _loader(self, domain: str, items: list[Item], pids: np.ndarray, stream: RngStream) -> TrainLoader:
+    def _loader(
+        self, domain: str, items: list[Item], pids: np.ndarray, stream: RngStream, part: int | None = None
+    ) -> TrainLoader:
         """The domain's stream for this epoch; the loader (and its worker processes) is kept from one
-        epoch to the next, only its sampler changes."""
+        epoch to the next, only its sampler changes. ``part``: which source of several, each with its
+        own stream."""
         c = self.config
         cams = [cam for _, _, cam in items]
+        seed = derive_seed(c.seed, stream) if part is None else derive_seed(c.seed, stream, part)
         sampler = RandomMultipleGallerySampler(
-            pids, cams, num_instances=c.data.num_instances, seed=derive_seed(c.seed, stream), epoch=self.epoch,
+            pids, cams, num_instances=c.data.num_instances, seed=seed, epoch=self.epoch,
             min_length=c.optim.batch_size, seeded=True,
         )
         if len(sampler) == 0:
@@ -627,7 +654,7 @@ class Trainer:
         # per-sample augmentation seeds travel with the indexes: the generator only seeds the workers
         loader = self._kept_loaders[domain] = TrainLoader(
             dataset, sampler, c.optim.batch_size, workers=self.workers,
-            generator=torch.Generator().manual_seed(derive_seed(c.seed, stream)),
+            generator=torch.Generator().manual_seed(seed),
             pin_memory=self.device.type == "cuda", rank=self.dist.rank, world_size=self.dist.world_size,
             prefetch=c.data.prefetch, persistent=c.data.persistent_workers,
         )
@@ -638,6 +665,9 @@ class Trainer:
         data = self.source if on_source else self.target
         if data is None:
             raise ValueError("this run has no source domain to evaluate on")
+        if on_source and len(self._source_parts()) > 1:
+            raise ValueError("with one BN branch per source, evaluate each source on its own (spcl eval --test-source "
+                             "uses branch 0, the first source)")
         c = self.config
         return evaluate_model(
             self.model, data, self.test_transform, self.device, domain=0 if on_source else -1,
