@@ -99,14 +99,25 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_dataset_flags(p: argparse.ArgumentParser) -> None:
+    """The options of the readers that take them (each flag is passed only when given)."""
+    p.add_argument("--test-size", type=int, default=None, help="VehicleID test set (800, 1600, 2400; 10 gallery draws)")
+    p.add_argument("--split", type=int, default=None,
+                   help="the split of a dataset with several (CUHK03 classic 0..19; CUHK01, VIPeR, GRID, PRID, iLIDS 0..9)")
+    p.add_argument("--cuhk03-protocol", choices=["new", "classic"], default=None, help="CUHK03's protocol (default new)")
+    p.add_argument("--cuhk03-boxes", choices=["detected", "labeled"], default=None, help="CUHK03's boxes (default detected)")
+
+
+def _dataset_options(args: argparse.Namespace) -> dict[str, Any]:
+    given = {"test_size": args.test_size, "split": args.split, "protocol": args.cuhk03_protocol, "boxes": args.cuhk03_boxes}
+    return {key: value for key, value in given.items() if value is not None}
+
+
 def _cmd_data_info(args: argparse.Namespace) -> int:
     from spcl.data import load
     from spcl.data.image_dataset import verify_images
 
-    options = {}
-    if args.test_size:
-        options["test_size"] = args.test_size
-    dataset = load(args.dataset, args.data_root, **options)
+    dataset = load(args.dataset, args.data_root, **_dataset_options(args))
     print(dataset.format_statistics())
     print(f"  training list fingerprint: {dataset.fingerprint()}")
     if args.verify:
@@ -143,9 +154,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from spcl.inference import evaluate_checkpoint
     from spcl.utils.files import check_output_folder
 
+    from spcl.inference.evaluate import evaluate_checkpoint_dg
+
     if args.output:
         check_output_folder(args.output, what="the evaluation's folder")
-
+    if args.protocol == "dg":
+        if args.dataset or args.rerank or _dataset_options(args):
+            raise SystemExit("spcl eval --protocol dg: choose the sets with --datasets; --dataset, --rerank and the "
+                             "dataset options (--split, ...) do not apply: every split is evaluated")
+        names = [n.strip().lower() for n in args.datasets.split(",") if n.strip()]
+        evaluate_checkpoint_dg(args.checkpoint, data_root=args.data_root, datasets=names, test_source=args.test_source,
+                               device=args.device, output=args.output)
+        return 0
+    if not args.dataset:
+        raise SystemExit("spcl eval: give --dataset (a name or a path), or --protocol dg")
     evaluate_checkpoint(
         args.checkpoint,
         dataset=args.dataset,
@@ -154,7 +176,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         test_source=args.test_source,
         device=args.device,
         output=args.output,
-        **({"test_size": args.test_size} if args.test_size else {}),
+        **_dataset_options(args),
     )
     return 0
 
@@ -369,15 +391,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p)
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset's query/gallery split")
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset's query/gallery split, or on the DG sets")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--dataset", required=True, help="dataset name or path")
+    p.add_argument("--dataset", help="dataset name or path (protocol standard)")
+    p.add_argument("--protocol", choices=["standard", "dg"], default="standard",
+                   help="standard: the dataset's own split; dg: VIPeR, PRID, GRID and iLIDS under --data-root, "
+                        "each averaged over its 10 splits")
+    p.add_argument("--datasets", default="viper,prid,grid,ilids",
+                   help="protocol dg: which test sets, comma-separated (default: %(default)s; cuhk01 may be added)")
+    _add_dataset_flags(p)
     p.add_argument("--data-root", default="data")
     p.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)")
     p.add_argument("--test-source", action="store_true", help="use the source-domain BatchNorms (DSBN models)")
     p.add_argument("--device", default="auto")
     p.add_argument("--output", default=None, help="folder for per-query results (default: next to the checkpoint)")
-    p.add_argument("--test-size", type=int, default=0, help="VehicleID test set (800, 1600, 2400; 10 gallery draws)")
     p.set_defaults(func=_cmd_eval)
 
     def add_model_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -446,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data-info", help="print the split statistics of a dataset (name or path)")
     p.add_argument("dataset")
     p.add_argument("--data-root", default="data")
-    p.add_argument("--test-size", type=int, default=0, help="VehicleID test set (800, 1600, 2400)")
+    _add_dataset_flags(p)
     p.add_argument("--verify", action="store_true", help="decode every image once")
     p.set_defaults(func=_cmd_data_info)
 
