@@ -17,7 +17,7 @@ from spcl.training import Trainer
 def test_every_preset_trains_one_tiny_step(preset: str, data_root: Path, tmp_path: Path) -> None:
     mode = read_preset(preset)["mode"]
     config = load_config(preset, {
-        "data.source": str(data_root / "src") if mode == "uda" else None, "data.target": str(data_root / "tgt"),
+        "data.source": str(data_root / "src") if mode in ("uda", "source-only") else None, "data.target": str(data_root / "tgt"),
         "data.height": 64, "data.width": 32, "data.workers": 0, "data.num_instances": 4,
         "model.pretrained": "none", "model.images_per_bn": 0, "optim.batch_size": 8, "optim.iters": 1,
         "optim.epochs": 1, "pseudo.min_samples": 2, "eval.every": 0, "eval.batch_size": 64, "device": "cpu",
