@@ -264,3 +264,41 @@ def test_every_reader_names_its_layout_when_missing(tmp_path: Path) -> None:
     for name in ("cuhk01", "cuhk02", "viper", "grid", "prid", "ilids", "cuhk03"):
         with pytest.raises(DatasetError, match="expected"):
             load(name, tmp_path)
+
+
+def _trees(root: Path) -> dict[str, Path]:
+    """One small tree of each layout under ``root``; the dataset folder of each."""
+    for i in range(4):
+        _image(root / "viper" / "VIPeR" / "cam_a" / f"{i:03d}_0.bmp")
+        _image(root / "viper" / "VIPeR" / "cam_b" / f"{i:03d}_1.bmp")
+    _cuhk01_tree(root / "cuhk01", persons=4)
+    for pair in ("P1", "P2", "P3", "P4", "P5"):
+        for view in (1, 2):
+            _image(root / "cuhk02" / "Dataset" / pair / f"cam{view}" / f"0001_{view}.png")
+    _grid_tree(root, [[1, 2]] * 10)
+    for person in (1, 2, 3, 4):
+        _image(root / "prid2011" / "prid_2011" / "single_shot" / "cam_a" / f"person_{person:04d}.png")
+        _image(root / "prid2011" / "prid_2011" / "single_shot" / "cam_b" / f"person_{person:04d}.png")
+        for i in (1, 2):
+            _image(root / "ilids" / "i-LIDS_Pedestrian" / "Persons" / f"{person:04d}{i:03d}.jpg")
+    return {"viper": root / "viper", "cuhk01": root / "cuhk01", "cuhk02": root / "cuhk02", "grid": root / "grid",
+            "prid": root / "prid2011", "ilids": root / "ilids"}
+
+
+def test_data_root_and_dataset_folder_read_the_same(tmp_path: Path) -> None:
+    for name, folder in _trees(tmp_path).items():
+        from_root, from_folder = load(name, tmp_path), load(name, folder)
+        assert from_root.train == from_folder.train and from_root.query == from_folder.query, name
+        assert from_root.gallery == from_folder.gallery and from_root.query, name
+
+
+def test_data_info_and_datasets_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from spcl.cli import main
+
+    _trees(tmp_path)
+    assert main(["datasets"]) == 0
+    listed = capsys.readouterr().out
+    assert all(f"\n{name} " in "\n" + listed for name in ("cuhk01", "cuhk02", "cuhk03", "viper", "grid", "prid", "ilids"))
+    assert main(["data-info", "viper", "--data-root", str(tmp_path), "--split", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "dataset viper-split3" in out and "query   |       2 |      2 |       1" in out
