@@ -7,7 +7,7 @@ TEST_STAMP := $(VENV)/.test-stamp
 DATA ?= data
 RUNS ?= runs
 
-.PHONY: setup demo test test-all benchmark methods gpu-check clean
+.PHONY: setup demo test test-all docs benchmark methods gpu-check clean
 
 # Set-up is idempotent: the stamp is only rebuilt when the requirements change.
 $(STAMP): pyproject.toml requirements.txt
@@ -33,6 +33,15 @@ test: $(TEST_STAMP)
 test-all: $(TEST_STAMP)
 	$(PY) -m pytest -q -m ""
 
+# The documentation site (docs/ -> site/); --strict: a broken link, anchor or API reference fails.
+DOCS_STAMP := $(VENV)/.docs-stamp
+$(DOCS_STAMP): $(STAMP) requirements-docs.txt
+	$(PY) -m pip install --quiet -r requirements-docs.txt
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
 benchmark: $(STAMP)
 	$(PY) -m spcl demo --data-root $(DATA) --output $(RUNS)/benchmark --seeds 0 1 2 --ablations
 
@@ -47,4 +56,4 @@ methods: $(STAMP)
 	$(PY) -m spcl demo --data-root $(DATA) --output $(RUNS)/methods --seeds 0 1 2 --methods
 
 clean:
-	rm -rf $(VENV) $(RUNS) build dist src/*.egg-info
+	rm -rf $(VENV) $(RUNS) build dist site src/*.egg-info

@@ -1,4 +1,4 @@
-"""Benchmark of spcl.evaluation (SPEC section 8): exact mAP / CMC at MSMT17 size in bounded memory,
+"""Benchmark of spcl.evaluation (docs/method.md#evaluation): exact mAP / CMC at MSMT17 size in bounded memory,
 and the common dense approach at Market-1501 size in the same run.
 
     python bench/evaluation.py              # full sizes (a few minutes, ~2 GB of features)

@@ -1,4 +1,4 @@
-"""Benchmark of the pseudo-labelling engine (SPEC section 6). Not a test.
+"""Benchmark of the pseudo-labelling engine (docs/method.md#pseudo-labels). Not a test.
 
 For each size N (Market-1501 train 12,936; MSMT17 train 32,621 by default) it builds 2048-d
 features with identity structure, then, in a fresh process:

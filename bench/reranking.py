@@ -1,4 +1,4 @@
-"""Benchmark of k-reciprocal re-ranking (SPEC section 8). Not a test.
+"""Benchmark of k-reciprocal re-ranking (docs/method.md#evaluation). Not a test.
 
 Market-1501 size by default: 3,368 queries x 15,913 gallery, 2048-d features with identity
 structure. Prints the time and peak resident memory of ``spcl.evaluation.reranking.re_rank``

@@ -1,5 +1,5 @@
 """The package's structure: imports go one way through the layers, and no module imports another
-that imports it back (README, "Project layout").
+that imports it back (docs/architecture.md, "Project layout").
 
 Every import is read from the source: module-level, inside functions, under ``TYPE_CHECKING``.
 """

@@ -19,8 +19,8 @@ def test_defaults_are_the_reference_hyper_parameters() -> None:
 @pytest.mark.parametrize("preset", list_presets())
 def test_every_preset_loads(preset: str) -> None:
     c = load_config(preset)
-    assert c.mode in ("uda", "usl")
-    assert (c.mode == "uda") == (c.data.source is not None)
+    assert c.mode in ("uda", "usl", "source-only")
+    assert c.uses_source == (c.data.source is not None)
 
 
 def test_iterations_follow_the_target() -> None:

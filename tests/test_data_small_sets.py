@@ -135,7 +135,8 @@ def test_cuhk01_cameras_and_half_split(tmp_path: Path) -> None:
     assert {c for _, _, c in data.query} == {0} and {c for _, _, c in data.gallery} == {1}
 
 
-def test_cuhk01_unpacks_its_zip_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("inside", ["campus", "CUHK01/campus"])
+def test_cuhk01_unpacks_its_zip_once(tmp_path: Path, inside: str) -> None:
     import zipfile
 
     staged = tmp_path / "staged"
@@ -144,7 +145,7 @@ def test_cuhk01_unpacks_its_zip_once(tmp_path: Path) -> None:
     folder.mkdir()
     with zipfile.ZipFile(folder / "CUHK01.zip", "w") as zf:
         for path in sorted((staged / "campus").iterdir()):
-            zf.write(path, f"campus/{path.name}")
+            zf.write(path, f"{inside}/{path.name}")
     data = load("cuhk01", tmp_path)
     assert len(data.train) + len(data.query) + len(data.gallery) == 16
     assert (folder / "campus").is_dir() and not [p for p in folder.iterdir() if p.name.startswith(".campus")]

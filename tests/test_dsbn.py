@@ -1,4 +1,4 @@
-"""Domain-specific BN and images-per-BN (SPEC sections 5, 7, 10) against plain BN references."""
+"""Domain-specific BN and images-per-BN (docs/method.md#dsbn, #training-loop, #published-results) against plain BN references."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for spcl.evaluation metrics (SPEC section 8) against a plain-loop float64 reference."""
+"""Tests for spcl.evaluation metrics (docs/method.md#evaluation) against a plain-loop float64 reference."""
 
 from __future__ import annotations
 

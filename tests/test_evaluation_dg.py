@@ -60,7 +60,7 @@ def test_each_present_set_is_averaged_over_its_ten_splits(dg_root: Path, checkpo
     results = evaluate_checkpoint_dg(checkpoint, str(dg_root), device="cpu", workers=0, progress=False)
     assert list(results) == ["viper", "prid"]  # GRID and iLIDS are not there: left out, said
     out = capsys.readouterr().out
-    assert "note: grid is not under" in out and "note: ilids is not under" in out
+    assert "note: grid left out: expected a folder 'underground_reid'" in out and "note: ilids left out" in out
     extractor = FeatureExtractor(checkpoint, device="cpu", workers=0)
     for name in ("viper", "prid"):
         result = results[name]

@@ -1,4 +1,4 @@
-"""Hybrid memory and unified contrastive loss (SPEC section 3) against slow float64 references."""
+"""Hybrid memory and unified contrastive loss (docs/method.md#hybrid-memory) against slow float64 references."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def reference_loss(
     temp: float = 0.05,
     eps: float = 1e-6,
 ) -> torch.Tensor:
-    """SPEC section 3 written out: explicit prototypes of the three kinds, explicit softmax over
+    """docs/method.md#hybrid-memory written out: explicit prototypes of the three kinds, explicit softmax over
     the non-empty classes, log(p + eps), UDA = mean over source + mean over target."""
     mem = torch.as_tensor(slot_features, dtype=torch.float64)
     prototypes, class_of_slot = {}, {}

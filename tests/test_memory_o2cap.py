@@ -1,4 +1,4 @@
-"""O2CAP (``spcl.memory.O2CAPMemory``) against a slow float64 reference written from SPEC section 12:
+"""O2CAP (``spcl.memory.O2CAPMemory``) against a slow float64 reference written from docs/method.md#o2cap:
 offline and online association terms, their gradient, the update, and the edge cases spcl decides
 (cameras without proxies, fewer cameras than positives, fewer proxies than negatives)."""
 
@@ -30,7 +30,7 @@ def _memory(num_source: int = 0, labels: np.ndarray = LABELS, **kwargs) -> O2CAP
 
 
 class SlowO2CAP:
-    """SPEC section 12.3, sample by sample in float64, on a copy of the proxies (P x d) with each
+    """docs/method.md#o2cap, sample by sample in float64, on a copy of the proxies (P x d) with each
     proxy's (cluster, camera)."""
 
     def __init__(self, memory: O2CAPMemory) -> None:
@@ -119,7 +119,7 @@ def test_a_camera_without_proxies_is_skipped_and_fewer_cameras_share_the_positiv
 
 
 def test_a_look_alike_proxy_can_take_the_own_proxys_place() -> None:
-    """SPEC 12.3a: the own proxy drops out of the online positives when another proxy of its camera
+    """docs/method.md#o2cap: the own proxy drops out of the online positives when another proxy of its camera
     has 0.15 (s_p - s_y) > 0.85 (1 - <m_y, m_p>); it then is an online negative."""
     memory = _memory()
     y = int(memory.target_slots([0]))  # cluster 0, camera 0

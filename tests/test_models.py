@@ -1,4 +1,4 @@
-"""The re-ID encoder and its backbones (SPEC section 4). Nothing is downloaded: weights come from
+"""The re-ID encoder and its backbones (docs/method.md#initialisation). Nothing is downloaded: weights come from
 state dicts written to a temporary directory."""
 
 from __future__ import annotations

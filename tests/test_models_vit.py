@@ -1,5 +1,5 @@
 """The person-pretrained Vision Transformers (spcl.models.vit) against a reference written here from
-the released model's description (SPEC section 14): the released key layout, a plain forward pass
+the released model's description (docs/method.md#vit): the released key layout, a plain forward pass
 with explicit softmax attention, and a hand-written bilinear resize of the positional embedding."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ SIZES = {"vit_small": (384, 6, False), "vit_small_ics": (384, 6, True), "vit_bas
 
 
 def released_weights(dim: int, ics: bool, grid: tuple[int, int] = (16, 8), depth: int = 12, seed: int = 0) -> dict:
-    """Random weights in the key layout of the released files (SPEC 14.2), with BN statistics of a
+    """Random weights in the key layout of the released files (docs/method.md#vit), with BN statistics of a
     trained model (not 0 / 1), so that the stem's eval-mode normalisation is exercised."""
     g = torch.Generator().manual_seed(seed)
 

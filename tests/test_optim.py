@@ -10,7 +10,7 @@ from spcl.training.optim import build_optimizer, build_scheduler, lr_factor
 
 
 def _o2cap_lr(epoch: int) -> float:
-    """SPEC section 12.4: 3.5e-4 * w(e) * 0.1 ** |{m in [20, 40]: m <= e}|, w(e) = 0.01 (1 - e/10) + e/10 for e < 10."""
+    """docs/method.md#o2cap: 3.5e-4 * w(e) * 0.1 ** |{m in [20, 40]: m <= e}|, w(e) = 0.01 (1 - e/10) + e/10 for e < 10."""
     w = 0.01 * (1 - epoch / 10) + epoch / 10 if epoch < 10 else 1.0
     return 3.5e-4 * w * 0.1 ** sum(m <= epoch for m in (20, 40))
 

@@ -1,4 +1,4 @@
-"""Pseudo-labelling engine (SPEC section 6) against a slow dense implementation written in this file.
+"""Pseudo-labelling engine (docs/method.md#pseudo-labels) against a slow dense implementation written in this file.
 
 The dense version follows the spec's formulas literally: N x N distance matrices, Python loops
 over samples, k-reciprocal sets as lists, the reference's label-equality matrices for the
@@ -52,7 +52,7 @@ def identity_features(seed: int, num_ids: int = 32, dim: int = 24, singletons: i
 
 
 # ----------------------------------------------------------------------------------------------
-# The dense implementation, straight from SPEC section 6.
+# The dense implementation, straight from docs/method.md#pseudo-labels.
 
 
 def dense_jaccard(x: np.ndarray, k1: int = 30, k2: int = 6) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""k-reciprocal re-ranking (SPEC section 8) against a dense implementation of the widely used formula.
+"""k-reciprocal re-ranking (docs/method.md#evaluation) against a dense implementation of the widely used formula.
 
 The dense version below follows the torchreid / reference recipe step by step: joint matrix of
 squared Euclidean distances, squared, each column divided by its maximum, transposed; full

@@ -1,4 +1,4 @@
-"""Tests for the random multiple gallery sampler (SPEC section 7)."""
+"""Tests for the random multiple gallery sampler (docs/method.md#training-loop)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for the built-in synthetic two-domain re-ID dataset (SPEC sections 1, 9)."""
+"""Tests for the built-in synthetic two-domain re-ID dataset (docs/method.md#the-two-problems, docs/datasets.md)."""
 
 from __future__ import annotations
 

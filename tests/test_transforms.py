@@ -1,4 +1,4 @@
-"""Tests for the training / test transforms and the reference random erasing (SPEC section 7)."""
+"""Tests for the training / test transforms and the reference random erasing (docs/method.md#training-loop)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for the VehicleID protocol helpers (SPEC section 8)."""
+"""Tests for the VehicleID protocol helpers (docs/method.md#evaluation)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Typed experiment configuration (SPEC section 7 defaults) with YAML presets and dotted overrides.
+"""Typed experiment configuration (docs/method.md#training-loop defaults) with YAML presets and dotted overrides.
 
 A config is a value: the code that reads it never mutates it.  Every field can be set from YAML, from the
 command line (``--optim.lr 0.00035`` or a short alias such as ``--lr``), or from Python with
@@ -42,7 +42,9 @@ class DataConfig:
     root: str = "data"
     """Folder that holds the datasets (and where the synthetic domains are generated)."""
     height: int = 256
+    """Image height the encoder sees (256 for persons, 224 for vehicles)."""
     width: int = 128
+    """Image width the encoder sees (128 for persons, 224 for vehicles)."""
     workers: int = -1
     """Loader worker processes per training process; -1: as many as the machine's cores allow (one
     per core left for each process on CUDA, at most 16; half the cores, at most 4, on the CPU,
@@ -60,9 +62,11 @@ class DataConfig:
     padding_fill: int = 0
     """Grey level (0-255) of constant padding."""
     flip_p: float = 0.5
+    """Probability of a horizontal flip."""
     erasing_p: float = 0.5
-    """Probability of random erasing (SPEC section 7)."""
+    """Probability of random erasing (docs/method.md#training-loop)."""
     vehicleid_test_size: int = 800
+    """VehicleID's test set: 800, 1600 or 2400 identities."""
     split: int = 0
     """Which split of a dataset with several (CUHK03's classic protocol 0..19; CUHK01, VIPeR, GRID,
     PRID, iLIDS 0..9) the run's datasets use."""
@@ -71,6 +75,7 @@ class DataConfig:
     cuhk03_boxes: Literal["detected", "labeled"] = "detected"
     """CUHK03: the detector's boxes or the hand-drawn ones."""
     synth_seed: int = 0
+    """Seed of the built-in synthetic domains (generated into the data root on first use)."""
     skip_bad_images: bool = False
     """Decode every image before training and leave out (and list) those that fail; by default the
     first image that cannot be read stops the run, naming the file."""
@@ -83,6 +88,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     arch: str = "resnet50"
+    """Backbone (``spcl.models.available_backbones()``): resnet10/18/34/50/101, resnet50_ibn_a, vit_small(_ics), vit_base_ics, vit_tiny, or timm:<name>."""
     pretrained: str = "imagenet"
     """'imagenet' (torchvision cache, no download), 'none', or a path to a state dict."""
     init_from: str = ""
@@ -92,9 +98,11 @@ class ModelConfig:
     features: int = 0
     """Optional linear embedding size; 0 keeps the backbone width (2048 for ResNet-50)."""
     pooling: Literal["avg", "gem"] = "avg"
+    """Global pooling of the last feature map: average, or GeM (learnable exponent, 3 at the start)."""
     dropout: float = 0.0
+    """Dropout before the embedding (0: none, as in every published recipe)."""
     dsbn: bool = True
-    """Domain-specific BatchNorm in UDA (SPEC section 5); ignored without a source."""
+    """Domain-specific BatchNorm in UDA (docs/method.md#dsbn); ignored without a source."""
     images_per_bn: int = 16
     """Every BatchNorm normalises sub-batches of this many images (16 = the reference's 4 GPUs)."""
     dsbn_per_source: bool = False
@@ -161,10 +169,15 @@ class MemoryConfig:
 @dataclass(frozen=True)
 class PseudoLabelConfig:
     eps: float = 0.6
+    """DBSCAN's radius on the Jaccard distance."""
     eps_gap: float = 0.02
+    """The reliability criterion's tighter and looser radii are eps -/+ eps_gap."""
     k1: int = 30
+    """Neighbours of the k-reciprocal encoding."""
     k2: int = 6
+    """Neighbours of its local query expansion."""
     min_samples: int = 4
+    """DBSCAN's core-point count (the point itself included)."""
     self_paced: bool = True
     """The cluster reliability criterion; False keeps every DBSCAN cluster as it is (ablation)."""
     discard_outliers: bool = False
@@ -197,13 +210,17 @@ class PseudoLabelConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     lr: float = 3.5e-4
+    """Learning rate of the encoder."""
     weight_decay: float = 5e-4
+    """L2 weight decay on every parameter."""
     epochs: int = 50
+    """Training epochs."""
     iters: int = 0
     """Iterations an epoch; 0 = the reference rule (800 when the target is MSMT17 or a vehicle set, else 400)."""
     step_size: int = 20
     """The learning rate is multiplied by ``gamma`` every this many epochs (unless ``milestones`` is set)."""
     gamma: float = 0.1
+    """Factor the learning rate is multiplied by at each step."""
     milestones: tuple[int, ...] = ()
     """Epochs (counted from 0) at which the learning rate is multiplied by ``gamma`` (CAP, O2CAP: 20, 40);
     empty: every ``step_size`` epochs. On the command line: ``--optim.milestones 20,40``."""
@@ -223,8 +240,11 @@ class OptimConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     every: int = 10
+    """Evaluate the target every this many epochs (0: after the last epoch only)."""
     rerank: bool = False
+    """k-reciprocal re-ranking of the evaluations (k1 20, k2 6, lambda 0.3)."""
     batch_size: int = 128
+    """Images a forward pass when extracting features (memory, clustering, evaluation)."""
 
 
 @dataclass(frozen=True)
@@ -247,6 +267,7 @@ class RuntimeConfig:
 @dataclass(frozen=True)
 class Config:
     mode: Mode = "uda"
+    """uda (labelled source + unlabelled target), usl (target only), source-only (the source's labels alone: the lower bound, and domain generalisation) or oracle (the target's true labels: the upper bound)."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
@@ -255,8 +276,11 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     seed: int = 1
+    """Seed of every random stream of the run (weights, samplers, augmentation)."""
     device: str = "auto"
+    """auto (CUDA when present, else the CPU), cpu, cuda, or a device such as cuda:1."""
     output: str = "runs/spcl"
+    """Folder of the run: config.yaml, metrics.csv, checkpoints, evaluations, TensorBoard logs."""
     resume: bool = True
     """Continue from <output>/last.pth when it exists and holds this same run."""
     checkpoint_every: int = 1000

@@ -1,4 +1,4 @@
-"""The dataset record every reader returns, and the registry that maps names to readers (SPEC section 9).
+"""The dataset record every reader returns, and the registry that maps names to readers (docs/datasets.md).
 
 A dataset is three lists of ``(path, pid, camid)``.  The training list is sorted by path and its
 identities relabelled to 0..n-1, so memory slots, pseudo labels and checkpoints refer to the same

@@ -1,5 +1,5 @@
 """Readers for the standard re-ID datasets as they are downloaded, users' manifests and image folders
-(SPEC section 9).
+(docs/datasets.md).
 
 Every reader fails loudly: a missing folder names the layout it expected, an image whose name does not
 follow the dataset's convention names the file.  Nothing is silently skipped except the junk images

@@ -1,4 +1,4 @@
-"""The training stream of one domain (SPEC section 7): identity-sampled batches, endless within an
+"""The training stream of one domain (docs/method.md#training-loop): identity-sampled batches, endless within an
 epoch, that can stop after any batch and continue with exactly the next one.
 
 The sampler's passes follow one another (a loader that drops the partial last batch is re-iterated

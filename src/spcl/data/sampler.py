@@ -1,4 +1,4 @@
-"""The reference's "random multiple gallery" identity sampler (SPEC section 7).
+"""The reference's "random multiple gallery" identity sampler (docs/method.md#training-loop).
 
 Each pass visits every class once in random order. A class contributes one random anchor image
 and then ``num_instances - 1`` more images of the same class, drawn from its images taken by

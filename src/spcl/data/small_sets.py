@@ -83,13 +83,15 @@ def _unpack_campus(archive: Path) -> None:
     with tempfile.TemporaryDirectory(prefix=".campus.", dir=archive.parent) as tmp:
         try:
             with zipfile.ZipFile(archive) as zf:
-                members = [m for m in zf.namelist() if m.startswith("campus/") and ".." not in Path(m).parts]
+                # campus/ at the top, or inside one folder (CUHK01/campus/); nothing outside the target
+                members = [m for m in zf.namelist() if "campus" in Path(m).parts[:2] and ".." not in Path(m).parts]
                 if not members:
                     raise DatasetError(f"{archive}: expected a folder campus/ inside the archive")
                 zf.extractall(tmp, members)
         except zipfile.BadZipFile as exc:
             raise DatasetError(f"{archive}: not a readable zip file ({exc})") from None
-        shutil.move(str(Path(tmp) / "campus"), str(archive.parent / "campus"))
+        unpacked = next(p for p in (Path(tmp) / "campus", *Path(tmp).glob("*/campus")) if p.is_dir())
+        shutil.move(str(unpacked), str(archive.parent / "campus"))
 
 
 @register_dataset("cuhk01", description="CUHK01 (cuhk01/campus/ or CUHK01.zip; split 0..9: 485 train ids)")

@@ -1,4 +1,4 @@
-"""Training and test image transforms (SPEC section 7).
+"""Training and test image transforms (docs/method.md#training-loop).
 
 Training: bicubic resize, random horizontal flip, pad + random crop, ToTensor, ImageNet
 normalisation, then the reference's random erasing (Zhong et al.), whose sampling differs from
@@ -113,7 +113,7 @@ the model learns; ``edge`` or ``reflect`` (or ``constant`` with the background's
 
 
 class TrainTransform:
-    """PIL image -> normalised tensor with the reference's augmentations (SPEC section 7): bicubic
+    """PIL image -> normalised tensor with the reference's augmentations (docs/method.md#training-loop): bicubic
     resize, horizontal flip, pad + random crop, ImageNet normalisation, random erasing.
 
     The draws are torchvision's (``RandomHorizontalFlip``, ``RandomCrop``), made from the generator
@@ -169,7 +169,7 @@ class TrainTransform:
 
 
 build_train_transform = TrainTransform
-"""The training augmentation (SPEC section 7); each step can be switched off: ``flip_p=0``,
+"""The training augmentation (docs/method.md#training-loop); each step can be switched off: ``flip_p=0``,
 ``padding=0``, ``erasing_p=0``."""
 
 

@@ -1,4 +1,4 @@
-"""The VehicleID gallery draw (SPEC section 8): one random image per identity, 10 seeded draws.
+"""The VehicleID gallery draw (docs/method.md#evaluation): one random image per identity, 10 seeded draws.
 
 The draw is a convention shared by the dataset reader and the evaluation: ``spcl.data.load(
 "vehicleid", draw=d)`` builds its query/gallery lists with :func:`vehicleid_gallery_split`, and

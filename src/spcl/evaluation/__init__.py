@@ -1,4 +1,4 @@
-"""Evaluation (SPEC section 8): exact mAP / CMC in bounded memory, the VehicleID protocol,
+"""Evaluation (docs/method.md#evaluation): exact mAP / CMC in bounded memory, the VehicleID protocol,
 k-reciprocal re-ranking, feature extraction, and evaluating an encoder on a dataset.
 
 Modules: ``protocol`` (which gallery items count for a query), ``ranking`` (the blocked ranking

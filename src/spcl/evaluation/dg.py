@@ -103,7 +103,7 @@ def evaluate_dg(
         )
     present, absent = present_datasets(datasets, data_root)
     for name, why in absent.items():
-        log(f"note: {name} is not under {data_root}, left out ({why})")
+        log(f"note: {name} left out: {why}")
     if not present:
         raise DatasetError(
             f"none of the domain-generalisation test sets ({', '.join(datasets)}) is under {data_root}: "

@@ -1,6 +1,6 @@
 """Feature extraction: one forward pass of the encoder in evaluation mode over a list of images.
 
-Used to initialise the hybrid memory (SPEC section 4) and to evaluate (section 8).  The model must
+Used to initialise the hybrid memory (docs/method.md#initialisation) and to evaluate (#evaluation).  The model must
 already be in the BN domain that fits the images (``spcl.models.use_domain``).
 """
 

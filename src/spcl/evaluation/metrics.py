@@ -1,4 +1,4 @@
-"""Re-ID ranking metrics, exact and in bounded memory (SPEC section 8): the public functions.
+"""Re-ID ranking metrics, exact and in bounded memory (docs/method.md#evaluation): the public functions.
 
 Protocol (Market-1501 style, ``spcl.evaluation.protocol``). For each query the gallery is ranked
 by distance; gallery items with the query's identity *and* camera are removed, and so is any

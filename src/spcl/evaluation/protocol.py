@@ -1,4 +1,4 @@
-"""The Market-1501 evaluation protocol (SPEC section 8): which gallery items count for a query.
+"""The Market-1501 evaluation protocol (docs/method.md#evaluation): which gallery items count for a query.
 
 For a query, the gallery items with its identity *and* its camera are removed, and so is any
 gallery entry that is the query's own file; every other item of its identity is a true match,

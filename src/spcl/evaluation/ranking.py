@@ -1,4 +1,4 @@
-"""The blocked ranking engine behind the metrics (SPEC section 8): exact, in bounded memory.
+"""The blocked ranking engine behind the metrics (docs/method.md#evaluation): exact, in bounded memory.
 
 Algorithm. No row is argsorted and no query x gallery matrix is held: queries are processed in
 blocks. The position of a true match m in the valid ranking of its query is

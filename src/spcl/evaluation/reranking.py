@@ -1,4 +1,4 @@
-"""k-reciprocal re-ranking (Zhong et al., CVPR 2017) as SPEC section 8 pins it, in O((q + g) k) memory.
+"""k-reciprocal re-ranking (Zhong et al., CVPR 2017) as docs/method.md#evaluation pins it, in O((q + g) k) memory.
 
 The widely used implementation (torchreid, the SpCL reference) builds the joint (q + g) x (q + g)
 matrix of squared Euclidean distances of the normalised features, squares it, divides each

@@ -1,4 +1,4 @@
-"""Evaluating an encoder on a dataset (SPEC section 8), as the trainer and ``spcl eval`` both do.
+"""Evaluating an encoder on a dataset (docs/method.md#evaluation), as the trainer and ``spcl eval`` both do.
 
 One function chooses the protocol the dataset calls for: the fixed query / gallery split of the
 Market-1501 family, or the VehicleID draws (a dataset with a ``test`` list: one gallery image per

@@ -1,4 +1,4 @@
-"""VehicleID evaluation protocol (SPEC section 8).
+"""VehicleID evaluation protocol (docs/method.md#evaluation).
 
 Test sets of 800 / 1600 / 2400 identities; for each of 10 seeded draws the gallery is one random image
 per identity and the queries are all the other images; results are averaged over the draws. VehicleID
@@ -54,7 +54,7 @@ def vehicleid_metrics(
 ) -> VehicleIDMetrics:
     """mAP / CMC of one VehicleID test set (features and pids of all its images, e.g. test_list_800)
     averaged over `num_draws` seeded gallery draws. Cameras are not used. ``rerank`` re-ranks the
-    query x gallery distances of every draw (k-reciprocal, SPEC section 8)."""
+    query x gallery distances of every draw (k-reciprocal, docs/method.md#evaluation)."""
     if isinstance(num_draws, bool) or not isinstance(num_draws, (int, np.integer)) or num_draws < 1:
         raise ValueError(f"num_draws must be a positive integer, got {num_draws!r}")
     features = as_tensor(features)

@@ -1,5 +1,5 @@
 """The memories that the contrastive losses compare features against: one registered class per
-method (SPEC sections 3, 11, 12); ``memory.kind`` names it.
+method (docs/method.md#hybrid-memory, #successors, #o2cap); ``memory.kind`` names it.
 
 - ``hybrid`` (``HybridMemory``): SpCL's source class centroids + target instance features, whose
   prototypes follow the epoch's self-paced clusters; the unified contrastive loss.

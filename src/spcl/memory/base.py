@@ -160,7 +160,7 @@ class SlotMemory(nn.Module):
         return dataclasses.replace(pseudo, self_paced=False, discard_outliers=True)
 
     def initial_target(self, extract: Extract) -> None:
-        """Fill the target slots before the first epoch (SPEC section 4); here they come with each
+        """Fill the target slots before the first epoch (docs/method.md#initialisation); here they come with each
         epoch's clusters instead."""
 
     def clustering_features(self, extract: Extract) -> torch.Tensor:
@@ -227,7 +227,7 @@ class SlotMemory(nn.Module):
     @torch.no_grad()
     def init_source(self, features: torch.Tensor, class_ids: ArrayLike) -> None:
         """Set the source centroids from the features of all source training images and their
-        class ids: per-class mean, L2-normalised (SPEC section 4). Every class needs an image."""
+        class ids: per-class mean, L2-normalised (docs/method.md#initialisation). Every class needs an image."""
         s = self.num_source_classes
         class_ids = self.source_slots(class_ids)
         self._check_rows(features, class_ids.shape[0], "init_source")
@@ -257,7 +257,7 @@ class SlotMemory(nn.Module):
             self.features[rows] = F.normalize(pulled, dim=1).to(self.features.dtype)
 
     def split_means(self, nll: torch.Tensor, slots: torch.Tensor) -> dict[str, torch.Tensor]:
-        """SPEC section 3's two terms: ``source``, the mean over the source samples (slot < S), and
+        """docs/method.md#hybrid-memory's two terms: ``source``, the mean over the source samples (slot < S), and
         ``target``, the mean over the target samples, each 0 when the batch has no such sample (a
         term of a domain the memory has no slots for is left out)."""
         is_source = slots < self.num_source_classes

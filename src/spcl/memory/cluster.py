@@ -10,7 +10,7 @@ is the cross-entropy of the softmax over all slots,
 
     -log( exp(<f, w_y> / tau) / sum_k exp(<f, w_k> / tau) ),   tau = 0.05,
 
-the source samples' mean plus the target samples' mean in UDA (SPEC section 3), the plain batch
+the source samples' mean plus the target samples' mean in UDA (docs/method.md#hybrid-memory), the plain batch
 mean in USL. After each step (``update``), with momentum m (0.1 in Cluster Contrast's scripts):
 
 - ``hard=False``: every batch sample pulls its slot in batch order, ``w = m*w + (1-m)*f``,
@@ -141,7 +141,7 @@ class ClusterMemory(SlotMemory):
         self, features: torch.Tensor, slots: torch.Tensor, batch_slots: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         """``source`` and ``target``: the source samples' and the target samples' mean cross-entropy
-        over all slots, each 0 when the batch has no such sample (SPEC section 3's two terms)."""
+        over all slots, each 0 when the batch has no such sample (docs/method.md#hybrid-memory's two terms)."""
         self._check_rows(features, slots.shape[0], "loss")
         slots = slots.to(self.features.device)
         self._check_slots(slots)

@@ -1,4 +1,4 @@
-"""The hybrid memory and the unified contrastive loss (SPEC section 3).
+"""The hybrid memory and the unified contrastive loss (docs/method.md#hybrid-memory).
 
 One ``HybridMemory`` holds a unit feature per *slot* and a class label per slot:
 

@@ -1,4 +1,4 @@
-"""O2CAP: offline-online associated camera-aware proxies (Wang et al., 2022; SPEC section 12).
+"""O2CAP: offline-online associated camera-aware proxies (Wang et al., 2022; docs/method.md#o2cap).
 
 The proxies are CAP's (``ProxyMemory``): each epoch the target training features are extracted with
 the current encoder, clustered (Jaccard + DBSCAN, no self-paced criterion; DBSCAN's outliers sit

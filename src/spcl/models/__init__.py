@@ -1,4 +1,4 @@
-"""Models (SPEC sections 4, 5, 7): the re-ID encoder, its backbones, domain-specific BN and
+"""Models (docs/method.md#initialisation, #dsbn, #training-loop): the re-ID encoder, its backbones, domain-specific BN and
 images-per-BN, and the encoder a checkpoint describes (``checkpoint``: reading one for inference)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Backbones for the re-ID encoder (SPEC section 4): a registry of feature-map extractors.
+"""Backbones for the re-ID encoder (docs/method.md#initialisation): a registry of feature-map extractors.
 
 Every backbone maps images (B, 3, H, W) to a feature map (B, C, h, w) and exposes
 ``out_channels`` = C. Built in: torchvision ResNet-18/34/50/101 and IBN-ResNet-50-a, all with a

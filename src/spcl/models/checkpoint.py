@@ -142,7 +142,7 @@ def build_model(
     by the caller). The trainer builds its model through this function too.
 
     ``freeze_dsbn_neck_bias`` matters for training only: False reproduces the reference, where
-    converting to DSBN makes the neck's bias trainable (SPEC section 5).
+    converting to DSBN makes the neck's bias trainable (docs/method.md#dsbn).
     """
     prep = description.get("preprocessing", {})
     model = build_encoder(

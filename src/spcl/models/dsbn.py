@@ -1,4 +1,4 @@
-"""Domain-specific BatchNorm (SPEC section 5).
+"""Domain-specific BatchNorm (docs/method.md#dsbn).
 
 ``convert_dsbn(model, num_domains)`` gives every BatchNorm one branch per domain (source first,
 then target). In training the batch is cut into ``num_domains`` equal consecutive parts, each
@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 class DomainSpecificBatchNorm(nn.Module):
-    """One BatchNorm branch per domain (SPEC section 5).
+    """One BatchNorm branch per domain (docs/method.md#dsbn).
 
     Training: the batch is cut into ``num_domains`` equal consecutive parts (domain 0 first; in
     SpCL source then target), each normalised by its own branch; a batch that does not split
@@ -43,7 +43,7 @@ class DomainSpecificBatchNorm(nn.Module):
             raise ValueError(f"num_domains must be >= 1, got {num_domains}")
         self.branches = nn.ModuleList(copy.deepcopy(bn) for _ in range(num_domains))
         if not keep_requires_grad:
-            # Reference quirk (SPEC section 5): the reference builds fresh BNs and copies the values
+            # Reference quirk (docs/method.md#dsbn): the reference builds fresh BNs and copies the values
             # in, so every affine parameter of the copies is trainable, even a frozen neck bias.
             for branch in self.branches:
                 for param in branch.parameters(recurse=False):

@@ -1,4 +1,4 @@
-"""The re-ID encoder (SPEC section 4).
+"""The re-ID encoder (docs/method.md#initialisation).
 
 backbone (last stride 1) -> global average pooling (GeM as an option) -> optional linear embedding
 -> BatchNorm1d neck with its bias frozen at 0 -> L2 normalisation. The output is unit-norm in
@@ -45,7 +45,7 @@ class Encoder(nn.Module):
     training output is the raw neck feature; evaluation output is always normalised (retrieval
     uses cosine distances). ``dropout`` (default 0) applies in training after normalisation, as
     in the reference. The neck's bias is frozen at 0 (``requires_grad=False``); note that
-    ``convert_dsbn`` makes it trainable unless asked not to (SPEC section 5's reference quirk).
+    ``convert_dsbn`` makes it trainable unless asked not to (docs/method.md#dsbn's reference quirk).
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""Vision Transformers for re-ID (SPEC section 14): ViT-S/16 and ViT-B/16, with the plain patch
+"""Vision Transformers for re-ID (docs/method.md#vit): ViT-S/16 and ViT-B/16, with the plain patch
 embedding or the convolutional ICS stem, as pretrained with DINO on LUPerson (TransReID-SSL).
 
 The backbone returns the class token after the final LayerNorm (B x dim); spcl's encoder adds its
@@ -187,7 +187,7 @@ class VisionTransformer(nn.Module):
         return self.norm(x)[:, 0]
 
     def load_released(self, path: str | Path, arch: str) -> None:
-        """Load a released weights file (SPEC section 14.2) strictly; see :func:`released_state`."""
+        """Load a released weights file (docs/method.md#vit) strictly; see :func:`released_state`."""
         state = released_state(load_weights_file(path, unwrap=False))
         if "pos_embed" in state and state["pos_embed"].shape != self.pos_embed.shape:
             state["pos_embed"] = resize_pos_embed(state["pos_embed"], self.grid)

@@ -1,4 +1,4 @@
-"""Nearest neighbours and the k-reciprocal encoding (SPEC sections 6 and 8).
+"""Nearest neighbours and the k-reciprocal encoding (docs/method.md#pseudo-labels, #evaluation).
 
 The neutral home of what the pseudo labels (``spcl.pseudo_labels``) and the evaluation's
 re-ranking (``spcl.evaluation.re_rank``) share: exact tiled k-nearest-neighbour search of

@@ -1,4 +1,4 @@
-"""Approximate k nearest neighbours for targets of 10^5 to 10^6 images (SPEC section 6, step 1).
+"""Approximate k nearest neighbours for targets of 10^5 to 10^6 images (docs/method.md#pseudo-labels, step 1).
 
 The exact search compares every pair: N^2 d multiply-adds, hours at N = 10^6 on a CPU. This is
 an inverted file (IVF) searched cell against cells:

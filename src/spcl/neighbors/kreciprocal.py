@@ -1,5 +1,5 @@
-"""Sparse k-reciprocal encoding (Zhong et al., CVPR 2017), shared by the pseudo labels (SPEC
-section 6, step 1) and the evaluation's re-ranking (section 8).
+"""Sparse k-reciprocal encoding (Zhong et al., CVPR 2017), shared by the pseudo labels
+(docs/method.md#pseudo-labels, step 1) and the evaluation's re-ranking (#evaluation).
 
 The reference builds V, its query expansion and the Jaccard distance as dense N x N arrays
 and loops over N in Python. Here every step is a sparse-matrix operation on the N x k

@@ -1,5 +1,5 @@
-"""Exact k-nearest neighbours of L2-normalised features, in tiles (SPEC section 6, step 1; the
-re-ranking of section 8).
+"""Exact k-nearest neighbours of L2-normalised features, in tiles (docs/method.md#pseudo-labels, step 1; the
+re-ranking, #evaluation).
 
 The search is the floor of the whole pseudo-labelling step: every later stage works on the
 N x k lists it returns. The Gram matrix is computed tile by tile (torch matmul + topk, on the

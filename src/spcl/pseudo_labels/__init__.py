@@ -1,4 +1,4 @@
-"""Pseudo labels for the target domain (SPEC section 6): sparse k-reciprocal Jaccard distance,
+"""Pseudo labels for the target domain (docs/method.md#pseudo-labels): sparse k-reciprocal Jaccard distance,
 DBSCAN at three radii and the self-paced cluster reliability criterion, in O(N k) memory.
 
 Main entry points: ``generate(features, neighbors="auto")`` once per epoch (``generate_with(features, config.pseudo)``

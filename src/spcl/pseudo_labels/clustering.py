@@ -1,4 +1,4 @@
-"""DBSCAN at three radii on the sparse Jaccard distance (SPEC section 6, step 2).
+"""DBSCAN at three radii on the sparse Jaccard distance (docs/method.md#pseudo-labels, step 2).
 
 One distance computation serves eps - gap, eps and eps + gap: the graph keeps only the pairs
 within the loosest radius, and scikit-learn's DBSCAN (``metric="precomputed"``) reads a stored

@@ -1,4 +1,4 @@
-"""One call per epoch: features in, self-paced pseudo labels out (SPEC section 6).
+"""One call per epoch: features in, self-paced pseudo labels out (docs/method.md#pseudo-labels).
 
 ``generate`` chains the stages (kNN search, sparse k-reciprocal Jaccard distance, DBSCAN at three
 radii, reliability criterion, re-indexing) and returns a small immutable result;
@@ -42,7 +42,7 @@ class PseudoLabels:
     ``labels`` (int64, N): clusters 0..num_clusters-1, then one class per un-clustered sample
     (DBSCAN outliers, members dropped by the criterion, lone survivors), in sample order.
     ``alpha`` is None only when it was not given and no cluster had more than one member
-    (SPEC section 6, the L = 0 case: nothing is clustered then, and passing ``alpha=None``
+    (docs/method.md#pseudo-labels, the L = 0 case: nothing is clustered then, and passing ``alpha=None``
     again on the next epoch computes it there), or when ``self_paced=False`` left it unset. ``alpha_computed`` says whether this call
     computed it (the trainer stores it on the first such epoch).
     """
@@ -101,7 +101,7 @@ def labels_from_jaccard(
     self_paced: bool = True,
     show_progress: bool = False,
 ) -> PseudoLabels:
-    """Steps 2 to 4 of SPEC section 6 on a Jaccard distance: sparse as ``jaccard_distance`` returns
+    """Steps 2 to 4 of docs/method.md#pseudo-labels on a Jaccard distance: sparse as ``jaccard_distance`` returns
     it (absent pairs at distance 1), or a dense N x N array.
 
     DBSCAN at eps - gap, eps and eps + gap, the reliability criterion with ``alpha`` (computed

@@ -1,4 +1,4 @@
-"""The k-reciprocal Jaccard distance among the target features (SPEC section 6, step 1).
+"""The k-reciprocal Jaccard distance among the target features (docs/method.md#pseudo-labels, step 1).
 
 A sparse N x N matrix holding only the pairs closer than 1: the pairs that share a k-reciprocal
 neighbour, tens per row on re-ID features, where the reference holds the dense N x N matrix (its
@@ -32,7 +32,7 @@ def jaccard_from_neighbors(
     similarities: np.ndarray | None = None,
     show_progress: bool = False,
 ) -> sp.csr_matrix:
-    """The sparse Jaccard distance of section 6 from normalised features and their neighbour lists.
+    """The sparse Jaccard distance (docs/method.md#pseudo-labels) from normalised features and their neighbour lists.
 
     ``ranks`` are the min(k1, N) nearest points of each point, itself first (as returned by
     ``nearest_neighbors``). ``similarities`` (the search's, aligned with ``ranks``) are reused for
@@ -85,7 +85,7 @@ def jaccard_distance(
     device: torch.device | str | None = None,
     knn_backend: str = "torch",
 ) -> sp.csr_matrix:
-    """k-reciprocal Jaccard distance among the rows of ``features`` (SPEC section 6, step 1).
+    """k-reciprocal Jaccard distance among the rows of ``features`` (docs/method.md#pseudo-labels, step 1).
 
     Returns an N x N ``scipy.sparse.csr_matrix`` (float32) storing every pair at distance < 1;
     an absent entry means distance 1. Pairs at distance 0 (the diagonal, duplicate features) are

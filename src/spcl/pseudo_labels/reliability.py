@@ -1,4 +1,4 @@
-"""Self-paced cluster reliability and re-indexing (SPEC section 6, steps 3 and 4).
+"""Self-paced cluster reliability and re-indexing (docs/method.md#pseudo-labels, steps 3 and 4).
 
 Independence and compactness are intersection-over-union sizes of a sample's cluster at eps
 with its cluster at eps + gap (independence) or eps - gap (compactness). Those sizes are

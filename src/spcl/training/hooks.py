@@ -202,7 +202,7 @@ class Checkpointing(Hook):
 
 
 class Evaluation(Hook):
-    """Every ``eval.every`` epochs and after the last one: mAP / CMC on the target (SPEC section 8),
+    """Every ``eval.every`` epochs and after the last one: mAP / CMC on the target (docs/method.md#evaluation),
     its per-query results in ``eval-epochN/``, the best mAP so far and ``best.pth``. The query and
     gallery are checked before the first step; an evaluation a stopped run did not finish runs on
     resume."""

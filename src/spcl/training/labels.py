@@ -1,4 +1,4 @@
-"""The target labels of each epoch (SPEC section 6, step 4): the stage of the loop that gives every
+"""The target labels of each epoch (docs/method.md#pseudo-labels, step 4): the stage of the loop that gives every
 target memory slot its class before the epoch's training.
 
 Two kinds, one interface (``labeler(features) -> TargetLabels``, plus ``state_dict`` for resume):
@@ -47,7 +47,7 @@ class TargetLabels:
 
 
 class SelfPacedLabels:
-    """Pseudo labels (SPEC section 6) of the target features a method clusters each epoch."""
+    """Pseudo labels (docs/method.md#pseudo-labels) of the target features a method clusters each epoch."""
 
     def __init__(
         self, settings: PseudoLabelConfig, device: torch.device, truth: np.ndarray | None = None,

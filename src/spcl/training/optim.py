@@ -1,4 +1,4 @@
-"""The optimiser and the learning-rate schedule of a run (SPEC sections 7, 12.4).
+"""The optimiser and the learning-rate schedule of a run (docs/method.md#training-loop, #o2cap).
 
 Adam (the reference's, L2 weight decay added to the gradient) or SGD with momentum, on every
 trainable parameter; the learning rate steps once per epoch: a linear warm-up (CAP and O2CAP:

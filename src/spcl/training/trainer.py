@@ -1,4 +1,4 @@
-"""The one trainer (SPEC sections 3-7): UDA with a source, USL without, plus the source-only and
+"""The one trainer (docs/method.md#hybrid-memory, #initialisation, #dsbn, #pseudo-labels, #training-loop): UDA with a source, USL without, plus the source-only and
 oracle baselines, through the method ``memory.kind`` names (a registered memory, ``spcl.memory``).
 
 Memory slots: one per source class (when a source is used), then the target's, as the method lays
@@ -10,7 +10,7 @@ source-only run has no target slots.
 
 Building is four stages a subclass may replace, in order: :meth:`Trainer.build_data`,
 :meth:`~Trainer.build_model`, :meth:`~Trainer.build_memory`, :meth:`~Trainer.build_optimizer`.
-``fit`` is the loop of SPEC section 7; what happens around the training (checkpoint, evaluate,
+``fit`` is the loop of docs/method.md#training-loop; what happens around the training (checkpoint, evaluate,
 log, signals) is done by hooks (``spcl.training.hooks``), and every stage of the loop is a method a
 subclass may replace. Where the run stands (epoch, step, history, the epoch in progress) has one
 owner, :class:`RunProgress`. What a resume restores is one list, :meth:`Trainer.checkpointables`;
@@ -430,7 +430,7 @@ class Trainer:
     # the loop
 
     def fit(self) -> list[EpochLog]:
-        """SPEC section 7: the memory from the initial encoder, then per epoch the target labels, an
+        """docs/method.md#training-loop: the memory from the initial encoder, then per epoch the target labels, an
         epoch of training, and the hooks: checkpoint, evaluation, logs. A run resumed in the middle
         of an epoch continues with the next step of that epoch."""
         try:
@@ -461,7 +461,7 @@ class Trainer:
     # the stages
 
     def init_memory(self) -> None:
-        """Fill the memory with one forward pass of the initial encoder (SPEC section 4)."""
+        """Fill the memory with one forward pass of the initial encoder (docs/method.md#initialisation)."""
         with memory_advice("extracting the initial memory features", "lower eval.batch_size (--eval.batch_size)"):
             self._init_memory()
 
@@ -502,7 +502,7 @@ class Trainer:
             )
 
     def assign_labels(self) -> TargetLabels | None:
-        """The classes of the target slots for this epoch (SPEC section 6), set in the memory."""
+        """The classes of the target slots for this epoch (docs/method.md#pseudo-labels), set in the memory."""
         if self.labeler is None:
             return None
         remedy = ("lower pseudo.k1 (the neighbours kept per image), or use --pseudo.neighbors approximate; on an "
@@ -528,7 +528,7 @@ class Trainer:
         return labels
 
     def train_epoch(self) -> EpochLog:
-        """The epoch's steps of the method's loss and momentum updates (SPEC sections 3, 7), from the
+        """The epoch's steps of the method's loss and momentum updates (docs/method.md#hybrid-memory, #training-loop), from the
         step the epoch is at; returns the epoch's record."""
         c, run = self.config, self.run
         if run.iteration == 0:

@@ -1,5 +1,5 @@
-"""Built-in synthetic two-domain re-ID dataset (layouts of SPEC section 9; the UDA setting of
-SPEC section 1).
+"""Built-in synthetic two-domain re-ID dataset (layouts of docs/datasets.md; the UDA setting of
+docs/method.md#the-two-problems).
 
 Procedurally drawn pedestrians, written in the Market-1501 layout so that the ordinary Market
 reader loads them. Every identity has fixed attributes (clothing colours and patterns, hair, skin,

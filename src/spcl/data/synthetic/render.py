@@ -103,7 +103,7 @@ def _lower_pattern(pt: _Painter, a: dict[str, Any], view: str, leg_x: float) -> 
 
 
 def _render_person(pt: _Painter, a: dict[str, Any], view: str, stride: float, swing: float) -> None:
-    """Draw one pedestrian; what is visible depends on the viewpoint (SPEC: front / back / side)."""
+    """Draw one pedestrian; what is visible depends on the viewpoint (front / back / side)."""
     bw = a["build_width"]
     skin = _rgb(SKIN[a["skin"]])
     hair = _rgb(HAIR[a["hair"]])
