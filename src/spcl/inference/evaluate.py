@@ -10,9 +10,9 @@ from typing import Any
 from collections.abc import Sequence
 
 from spcl.data import load
-from spcl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform
 from spcl.evaluation import evaluate_model, format_result, save_results
 from spcl.evaluation.dg import DG_DATASETS, DG_SPLITS, evaluate_dg, format_dg_table
+from spcl.inference.extractor import Preprocessing
 from spcl.models import load_model
 from spcl.utils import resolve_device, write_csv
 
@@ -22,11 +22,7 @@ __all__ = ["evaluate_checkpoint", "evaluate_checkpoint_dg"]
 def _test_transform(state: dict[str, Any]) -> Any:
     """The preprocessing the checkpoint records: size, interpolation and normalisation (0.5 / 0.5
     for the LUPerson ViTs, ImageNet's for the others)."""
-    prep = state["model"]["preprocessing"]
-    return build_test_transform(
-        prep["height"], prep["width"], prep.get("mean", IMAGENET_MEAN), prep.get("std", IMAGENET_STD),
-        prep.get("interpolation", "bicubic"),
-    )
+    return Preprocessing.from_checkpoint(state).transform()
 
 
 def evaluate_checkpoint(
