@@ -1,4 +1,5 @@
-"""Data: dataset readers, the built-in synthetic domains, the sampler and the transforms (docs/method.md#training-loop, docs/datasets.md).
+"""Data: dataset readers, the built-in synthetic domains, the sampler and the transforms
+(docs/method.md#training-loop, docs/datasets.md).
 
 ``spcl.data.load("market1501", root)`` reads a dataset by name; ``spcl.data.load(path)`` detects the
 layout of a folder or a CSV manifest.  New readers plug in with ``register_dataset``.

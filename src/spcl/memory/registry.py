@@ -1,4 +1,5 @@
-"""The registry of methods: ``memory.kind`` names a registered memory class (docs/method.md#hybrid-memory, #successors, #o2cap).
+"""The registry of methods: ``memory.kind`` names a registered memory class (docs/method.md#hybrid-memory,
+#successors, #o2cap).
 
 A method is one file: a ``SlotMemory`` subclass decorated with ``@register_memory("name")``. The
 trainer builds whatever class ``memory.kind`` names through its ``from_config``, and asks it

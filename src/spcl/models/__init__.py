@@ -1,5 +1,6 @@
-"""Models (docs/method.md#initialisation, #dsbn, #training-loop): the re-ID encoder, its backbones, domain-specific BN and
-images-per-BN, and the encoder a checkpoint describes (``checkpoint``: reading one for inference)."""
+"""Models (docs/method.md#initialisation, #dsbn, #training-loop): the re-ID encoder, its backbones,
+domain-specific BN and images-per-BN, and the encoder a checkpoint describes (``checkpoint``:
+reading one for inference)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Images per BN (docs/method.md#training-loop, #published-results): BatchNorm over sub-batches, as on the reference's 4 GPUs.
+"""Images per BN (docs/method.md#training-loop, #published-results): BatchNorm over sub-batches, as on the
+reference's 4 GPUs.
 
 ``set_images_per_bn(model, n)`` makes every BatchNorm (plain or inside a domain-specific one)
 normalise consecutive sub-batches of ``n`` images separately in training, the way each of the

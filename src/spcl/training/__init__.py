@@ -1,4 +1,5 @@
-"""Training (docs/method.md#hybrid-memory, #initialisation, #dsbn, #pseudo-labels, #training-loop): one trainer for UDA and USL, and the baselines, with exact resume.
+"""Training (docs/method.md#hybrid-memory, #initialisation, #dsbn, #pseudo-labels, #training-loop): one
+trainer for UDA and USL, and the baselines, with exact resume.
 
 Modules: ``trainer`` (the loop), ``labels`` (the target labels of each epoch), ``hooks`` (what
 runs around the training: checkpoint, evaluate, log, signals), ``checkpoint`` (the file format

@@ -1,5 +1,6 @@
-"""The one trainer (docs/method.md#hybrid-memory, #initialisation, #dsbn, #pseudo-labels, #training-loop): UDA with a source, USL without, plus the source-only and
-oracle baselines, through the method ``memory.kind`` names (a registered memory, ``spcl.memory``).
+"""The one trainer (docs/method.md#hybrid-memory, #initialisation, #dsbn, #pseudo-labels,
+#training-loop): UDA with a source, USL without, plus the source-only and oracle baselines, through
+the method ``memory.kind`` names (a registered memory, ``spcl.memory``).
 
 Memory slots: one per source class (when a source is used), then the target's, as the method lays
 them out (SpCL: one per target training image; Cluster Contrast: one per cluster; CAP, O2CAP: one
@@ -528,8 +529,8 @@ class Trainer:
         return labels
 
     def train_epoch(self) -> EpochLog:
-        """The epoch's steps of the method's loss and momentum updates (docs/method.md#hybrid-memory, #training-loop), from the
-        step the epoch is at; returns the epoch's record."""
+        """The epoch's steps of the method's loss and momentum updates (docs/method.md#hybrid-memory,
+        #training-loop), from the step the epoch is at; returns the epoch's record."""
         c, run = self.config, self.run
         if run.iteration == 0:
             torch.manual_seed(derive_seed(c.seed, run.epoch, RngStream.AUGMENTATION))  # dropout
