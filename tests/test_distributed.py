@@ -265,3 +265,19 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(data_root: Path,
     assert all(r["signal"] == signal.SIGTERM for r in ranks)
     state = load_checkpoint(tmp_path / "term" / "last.pth")
     assert (state["trainer"]["epoch"], state["trainer"]["iteration"]) == (0, 2)
+
+
+def test_two_processes_with_a_bn_branch_per_source(data_root: Path, tmp_path: Path) -> None:
+    """Two sources with a BatchNorm branch each: every rank's slice holds 8 images of each source,
+    then 8 target images; the global batch is regrouped domain by domain before the memory update."""
+    import shutil
+
+    shutil.copytree(data_root / "src", tmp_path / "other")
+    extra = {"data.source": f"{data_root / 'src'},{tmp_path / 'other'}", "model.dsbn_per_source": True,
+             "optim.epochs": 1}
+    single = _run_one(_config(data_root, tmp_path / "one", "uda", **extra))
+    ranks = _run_ranks(_config(data_root, tmp_path / "two", "uda", **extra), tmp_path, "two")
+    _assert_ranks_agree(ranks)
+    _assert_first_step_same(single, ranks[0])
+    _assert_same(single, ranks[0])
+    assert ranks[0]["history"][0][0] == pytest.approx(single["history"][0][0], rel=1e-4, abs=1e-4)
