@@ -303,3 +303,35 @@ def test_data_info_and_datasets_commands(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["data-info", "viper", "--data-root", str(tmp_path), "--split", "3"]) == 0
     out = capsys.readouterr().out
     assert "dataset viper-split3" in out and "query   |       2 |      2 |       1" in out
+
+
+def test_fastreid_train_only_layouts(tmp_path: Path) -> None:
+    """fast-reid's GRID, PRID and iLIDS folders: training images only, cameras numbered in sorted
+    order of their labels; GRID's distractors (person 0) left out."""
+    for name in ("0001_1_a.jpeg", "0001_3_b.jpeg", "0002_3_c.jpeg", "0000_2_d.jpeg"):
+        _image(tmp_path / "underground_reid" / "images" / name)
+    for person, cams in (("person_0007", ("cam_a", "cam_b")), ("person_0009", ("cam_b",))):
+        for cam in cams:
+            _image(tmp_path / "prid_2011" / "slim_train" / person / f"{cam.replace('_', '-')}_1.png")
+    for person, cams in (("0003", ("1", "2", "2")), ("0004", ("1",))):
+        for i, cam in enumerate(cams):
+            _image(tmp_path / "iLIDS" / person / f"{cam}_{i}.png")
+    grid = load("grid", tmp_path)
+    assert grid.name == "grid-train-only" and not grid.query and not grid.gallery
+    assert [(Path(p).name, pid, cam) for p, pid, cam in grid.train] == [
+        ("0001_1_a.jpeg", 0, 0), ("0001_3_b.jpeg", 0, 1), ("0002_3_c.jpeg", 1, 1)]
+    prid = load("prid", tmp_path, split=4)
+    assert prid.num_train_pids == 2 and [cam for _, _, cam in prid.train] == [0, 1, 1]
+    ilids = load("ilids", tmp_path)
+    assert ilids.num_train_pids == 2 and len(ilids.train) == 4 and {c for _, _, c in ilids.train} == {0, 1}
+
+
+def test_dg_leaves_out_a_train_only_set(tmp_path: Path) -> None:
+    from spcl.evaluation.dg import present_datasets
+
+    _image(tmp_path / "underground_reid" / "images" / "0001_1_a.jpeg")
+    _trees(tmp_path / "full")
+    present, absent = present_datasets(["grid", "viper"], tmp_path)
+    assert present == [] and "training images only" in absent["grid"]
+    present, absent = present_datasets(["grid", "viper"], tmp_path / "full")
+    assert present == ["grid", "viper"] and not absent

@@ -9,7 +9,10 @@ dataset folder itself, or fast-reid's shallower nesting, and builds split ``spli
   drawn once with a seed per split index (``spcl.data.splits``) so every machine tests on the same
   identities;
 - GRID's 10 splits are the ones its ``features_and_partitions.mat`` ships; CUHK02's one split is
-  fixed (camera pairs P1-P4 train, P5 test).
+  fixed (camera pairs P1-P4 train, P5 test);
+- fast-reid's folders of GRID (``underground_reid/images``), PRID (``prid_2011/slim_train``) and
+  iLIDS (``iLIDS/<person>/``) hold no test split: they read as training-only datasets (named
+  ``<name>-train-only``, ``split`` ignored), for training on several sources.
 
 Training identities are relabelled 0..n-1 in path order, as for every reader; test identities keep
 the number of their file (or, for VIPeR, their pair's position), which is all evaluation needs.
@@ -235,7 +238,14 @@ def read_grid(root: Path, split: int = 0) -> Dataset:
     from scipy.io import loadmat
 
     split = check_split_index("grid", split)
-    base = locate_folder(root, "underground_reid", ("probe", "gallery", "features_and_partitions.mat"), aliases=("grid",))
+    try:
+        base = locate_folder(root, "underground_reid", ("probe", "gallery", "features_and_partitions.mat"),
+                             aliases=("grid",))
+    except DatasetError:
+        train_only = _fastreid_grid(root)
+        if train_only is None:
+            raise
+        return train_only
     mat_path = base / "features_and_partitions.mat"
     try:
         partitions = loadmat(str(mat_path))
@@ -282,7 +292,14 @@ def read_prid(root: Path, split: int = 0) -> Dataset:
     gallery their cam_b images plus every cam_b person not in cam_a (100 + 549 = 649). cam_a's
     persons missing from cam_b are not used."""
     split = check_split_index("prid", split)
-    base = locate_folder(root, "single_shot", ("cam_a", "cam_b"), aliases=("prid2011/prid_2011", "prid_2011", "prid2011"))
+    try:
+        base = locate_folder(root, "single_shot", ("cam_a", "cam_b"),
+                             aliases=("prid2011/prid_2011", "prid_2011", "prid2011"))
+    except DatasetError:
+        train_only = _fastreid_prid(root)
+        if train_only is None:
+            raise
+        return train_only
     skipped: list[str] = []
     cam_a, cam_b = _prid_camera(base / "cam_a", skipped), _prid_camera(base / "cam_b", skipped)
     shared = sorted(set(cam_a) & set(cam_b))
@@ -327,7 +344,13 @@ def read_ilids(root: Path, split: int = 0) -> Dataset:
     filtering a true match. Split k trains on 59 persons; each of the other 60 gives one random
     query and one random gallery image (the choice is saved in the split file)."""
     split = check_split_index("ilids", split)
-    base = locate_folder(root, "i-LIDS_Pedestrian", ("Persons",), aliases=("ilids",))
+    try:
+        base = locate_folder(root, "i-LIDS_Pedestrian", ("Persons",), aliases=("ilids",))
+    except DatasetError:
+        train_only = _fastreid_ilids(root)
+        if train_only is None:
+            raise
+        return train_only
     skipped: list[str] = []
     items: dict[str, Item] = {}
     by_person: dict[int, list[str]] = defaultdict(list)
@@ -355,3 +378,63 @@ def read_ilids(root: Path, split: int = 0) -> Dataset:
     query = [items[n] for n in chosen["query"]]
     gallery = [items[n] for n in chosen["gallery"]]
     return _split_dataset("ilids", base, split, train, query, gallery, skipped)
+
+
+# ----------------------------------------------------------------------------------------------------
+# fast-reid's train-only layouts of GRID, PRID and iLIDS (used there as extra training sources)
+
+
+def _train_only(name: str, base: Path, items: list[tuple[str, int, str]], skipped: list[str]) -> Dataset:
+    """A training-only dataset; camera labels (text) numbered in sorted order."""
+    if not items:
+        raise DatasetError(f"{name}: no training images in {base} (fast-reid's layout)")
+    cameras = {cam: i for i, cam in enumerate(sorted({cam for _, _, cam in items}))}
+    train = relabel_train((path, pid, cameras[cam]) for path, pid, cam in items)
+    return Dataset(name=f"{name}-train-only", root=str(base), train=train, skipped=skipped)
+
+
+def _fastreid_grid(root: Path) -> Dataset | None:
+    """``underground_reid/images/IIII_C_...jpeg``; person 0000 (the gallery distractors, many different
+    people) is left out of training."""
+    base = next((c for c in (root / "underground_reid", root) if (c / "images").is_dir()), None)
+    if base is None:
+        return None
+    skipped: list[str] = []
+    items = []
+    for path in list_images(base / "images", skipped):
+        fields = path.stem.split("_")
+        if len(fields) < 2 or not fields[0].isdigit():
+            raise DatasetError(f"{path}: expected a GRID file name IIII_C_... (person, camera)")
+        if int(fields[0]) > 0:
+            items.append((str(path), int(fields[0]), fields[1]))
+    return _train_only("grid", base, items, skipped)
+
+
+def _identity_folders(folder: Path, what: str, skipped: list[str]) -> list[tuple[str, int, str]]:
+    """(path, identity, camera text) of images in one sub-folder per identity: the identity is the
+    folder name's last number, the camera the image name's first field."""
+    items = []
+    for person in sorted(p for p in folder.iterdir() if p.is_dir()):
+        numbers = re.findall(r"\d+", person.name)
+        if not numbers:
+            raise DatasetError(f"{person}: expected a {what} identity folder whose name holds its number")
+        items += [(str(p), int(numbers[-1]), p.stem.split("_")[0]) for p in list_images(person, skipped)]
+    return items
+
+
+def _fastreid_prid(root: Path) -> Dataset | None:
+    """``prid_2011/slim_train/<person folder>/<camera>_....png``."""
+    base = next((c for c in (root / "prid_2011", root / "prid2011" / "prid_2011", root) if (c / "slim_train").is_dir()), None)
+    if base is None:
+        return None
+    skipped: list[str] = []
+    return _train_only("prid", base, _identity_folders(base / "slim_train", "PRID", skipped), skipped)
+
+
+def _fastreid_ilids(root: Path) -> Dataset | None:
+    """``iLIDS/<person folder>/<camera>_....png``."""
+    base = next((c for c in (root / "iLIDS", root) if c.name == "iLIDS" and c.is_dir()), None)
+    if base is None:
+        return None
+    skipped: list[str] = []
+    return _train_only("ilids", base, _identity_folders(base, "iLIDS", skipped), skipped)

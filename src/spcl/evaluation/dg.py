@@ -33,11 +33,14 @@ def present_datasets(names: Sequence[str], data_root: str | Path) -> tuple[list[
     present, absent = [], {}
     for name in names:
         try:
-            load(name, data_root, split=0)
+            data = load(name, data_root, split=0)
         except DatasetError as exc:
             absent[name] = str(exc)
-        else:
+            continue
+        if data.query and data.gallery:
             present.append(name)
+        else:  # fast-reid's folders of GRID, PRID, iLIDS: training images only
+            absent[name] = f"{data.root} holds training images only (no test split to evaluate on)"
     return present, absent
 
 
