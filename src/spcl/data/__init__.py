@@ -47,12 +47,18 @@ __all__ = [
 _DETECT_ORDER = ("veri", "folder", "market-style")
 
 
+def _reader_options(reader: Callable[..., Dataset]) -> tuple[list[str], bool]:
+    """The options a reader names after its root, and whether it takes any other keyword too."""
+    parameters = list(inspect.signature(reader).parameters.values())[1:]
+    named = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return named, any(p.kind is p.VAR_KEYWORD for p in parameters)
+
+
 def _check_options(name: str, reader: Callable[..., Dataset], options: dict[str, Any]) -> None:
     """An option the reader does not take is a clear error, not a TypeError from inside it."""
-    parameters = inspect.signature(reader).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+    accepted, takes_any = _reader_options(reader)
+    if takes_any:
         return
-    accepted = list(parameters)[1:]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         takes = f"its options are {', '.join(accepted)}" if accepted else "it takes no options"
@@ -64,10 +70,7 @@ def dataset_options(name: str) -> set[str]:
     empty for a path or an unknown name. A caller with settings for many datasets passes each reader
     only its own."""
     entry = get_reader(str(name))
-    if entry is None:
-        return set()
-    parameters = list(inspect.signature(entry.reader).parameters.values())[1:]
-    return {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return set(_reader_options(entry.reader)[0]) if entry is not None else set()
 
 
 def _read_as(name: str, path: Path, options: dict[str, Any]) -> Dataset:

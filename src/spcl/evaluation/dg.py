@@ -30,7 +30,13 @@ DG_SPLITS = 10
 
 def present_datasets(names: Sequence[str], data_root: str | Path) -> tuple[list[str], dict[str, str]]:
     """Which of ``names`` can be read under ``data_root``: (present, {absent name: why})."""
-    present, absent = [], {}
+    first, absent = _first_splits(names, data_root)
+    return list(first), absent
+
+
+def _first_splits(names: Sequence[str], data_root: str | Path) -> tuple[dict[str, Dataset], dict[str, str]]:
+    """Split 0 of each of ``names`` that has a test split under ``data_root``, and why the others are left out."""
+    first, absent = {}, {}
     for name in names:
         try:
             data = load(name, data_root, split=0)
@@ -38,10 +44,10 @@ def present_datasets(names: Sequence[str], data_root: str | Path) -> tuple[list[
             absent[name] = str(exc)
             continue
         if data.query and data.gallery:
-            present.append(name)
+            first[name] = data
         else:  # fast-reid's folders of GRID, PRID, iLIDS: training images only
             absent[name] = f"{data.root} holds training images only (no test split to evaluate on)"
-    return present, absent
+    return first, absent
 
 
 def evaluate_splits(
@@ -104,17 +110,17 @@ def evaluate_dg(
             f"the domain-generalisation protocol tests on {', '.join(allowed)} (10 random splits each), "
             f"not {', '.join(unknown) or 'nothing'}"
         )
-    present, absent = present_datasets(datasets, data_root)
+    first, absent = _first_splits(datasets, data_root)
     for name, why in absent.items():
         log(f"note: {name} left out: {why}")
-    if not present:
+    if not first:
         raise DatasetError(
             f"none of the domain-generalisation test sets ({', '.join(datasets)}) is under {data_root}: "
             + "; ".join(f"{name}: {why}" for name, why in absent.items())
         )
     results = {}
-    for name in present:
-        splits = [load(name, data_root, split=k) for k in range(num_splits)]
+    for name, split0 in first.items():
+        splits = [split0] + [load(name, data_root, split=k) for k in range(1, num_splits)]
         results[name] = evaluate_splits(model, splits, transform, device, **options)
     return results
 
